@@ -1,0 +1,37 @@
+"""Shared fixtures: where the repository, the data and the built book are."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def chapters() -> list[Path]:
+    """The chapter sources listed in _toc.yml, in book order."""
+    import yaml
+
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [REPO / f"{f}.md" for f in files if f.startswith("notebooks/")]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding mnist.npz: $DIFFUSION_LESSONS_DATA, or ../shared/data beside the repo."""
+    for candidate in (os.environ.get("DIFFUSION_LESSONS_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "mnist.npz").exists():
+            return Path(candidate)
+    pytest.skip("MNIST not found: set DIFFUSION_LESSONS_DATA to a folder holding mnist.npz")
+
+
+@pytest.fixture(scope="session")
+def book_html() -> Path:
+    """The built HTML book (make test builds it first and passes its path)."""
+    path = os.environ.get("DIFFUSION_LESSONS_BOOK_HTML")
+    if not path or not (Path(path) / "index.html").exists():
+        pytest.skip("the built book is needed: run `make test`, which builds it first")
+    return Path(path)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from diffusion_lessons.checks import (
+    append_dims,
+    check_choice,
+    check_positive_int,
+    check_step,
+    check_time,
+)
+
+
+def test_append_dims_broadcasts_per_example_coefficients():
+    x = torch.randn(3, 2, 4, 5)
+    coef = torch.tensor([1.0, 2.0, 3.0])
+    out = append_dims(coef, x)
+    assert out.shape == (3, 1, 1, 1)
+    # multiplying scales example k by coef[k], which we check element by element
+    y = out * x
+    for k in range(3):
+        assert torch.equal(y[k], coef[k] * x[k])
+
+
+def test_append_dims_keeps_scalars_and_rejects_mismatch():
+    x = torch.randn(4, 2)
+    assert append_dims(torch.tensor(0.5), x).shape == ()
+    with pytest.raises(ValueError, match=r"t has shape \(3,\) but x has shape \(4, 2\)"):
+        append_dims(torch.ones(3), x)
+    with pytest.raises(ValueError, match="alpha_bar"):
+        append_dims(torch.ones(4, 1), x, name="alpha_bar")
+
+
+def test_check_time_range_and_nan():
+    assert torch.equal(check_time(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"t must lie in \[0.0, 1.0\].*1.5"):
+        check_time(torch.tensor([0.2, 1.5]))
+    with pytest.raises(ValueError, match="NaN"):
+        check_time(torch.tensor([float("nan")]))
+    assert check_time(1).dtype == torch.get_default_dtype()
+
+
+def test_check_step_and_choice_and_positive_int():
+    assert check_step(torch.tensor([1, 5]), 5).dtype == torch.long
+    with pytest.raises(ValueError, match=r"i must lie in 1..5"):
+        check_step(torch.tensor([0]), 5)
+    with pytest.raises(ValueError, match="integer steps"):
+        check_step(torch.tensor([1.0]), 5)
+    with pytest.raises(ValueError, match=r"unknown color 'red'; choose one of 'blue', 'green'"):
+        check_choice("red", ("blue", "green"), name="color")
+    with pytest.raises(ValueError, match="T must be an integer >= 1"):
+        check_positive_int(0, name="T")
+    with pytest.raises(ValueError):
+        check_positive_int(True, name="T")

@@ -1,0 +1,43 @@
+"""The sympy derivations of eq-forward-marginal, checked symbolically and against arithmetic."""
+
+import math
+import random
+
+import pytest
+import sympy as sp
+
+from diffusion_lessons import derivations
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_composition_gives_alpha_bar(n):
+    """eq-forward-marginal: n composed steps have mean coefficient √ᾱ_n and variance 1 − ᾱ_n."""
+    out = derivations.forward_marginal_by_composition(n)
+    ab = sp.Mul(*out["alphas"])
+    assert sp.simplify(out["mean_coef"] - sp.sqrt(ab)) == 0
+    assert sp.simplify(out["variance"] - (1 - ab)) == 0
+    assert sp.expand(out["variance_simplified"] - (1 - ab)) == 0
+
+
+def test_composition_by_plain_arithmetic():
+    """The same composition done with floats, step by step, independently of sympy."""
+    rng = random.Random(0)
+    alphas = [rng.uniform(0.5, 0.99) for _ in range(4)]
+    coef, var = 1.0, 0.0
+    for a in alphas:
+        coef, var = math.sqrt(a) * coef, a * var + (1 - a)
+    out = derivations.forward_marginal_by_composition(4)
+    subs = dict(zip(out["alphas"], alphas, strict=True))
+    assert float(out["mean_coef"].subs(subs)) == pytest.approx(coef)
+    assert float(out["variance"].subs(subs)) == pytest.approx(var)
+
+
+def test_induction_step():
+    step = derivations.forward_marginal_induction_step()
+    assert sp.simplify(step["variance"] - (1 - step["alpha_bar_t"])) == 0
+    assert sp.simplify(step["mean_coef"] ** 2 - step["alpha_bar_t"]) == 0
+
+
+def test_composition_rejects_bad_n():
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        derivations.forward_marginal_by_composition(0)
