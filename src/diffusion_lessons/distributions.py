@@ -1,0 +1,93 @@
+"""Gaussian log-densities and KL divergences, in one place (used by the VAE and diffusion chapters).
+
+Diagonal Gaussians are given by a mean and a log-variance of the same shape ``(B, ...)``; every
+function sums over all dimensions but the first and returns shape ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError("shapes must agree: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+
+
+def _sum_except_batch(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """log N(x; mean, diag(exp(log_var))), summed over all but the batch axis: ``(B,)``."""
+    mean, log_var = torch.broadcast_tensors(mean, log_var)
+    _check_same_shape(x=x, mean=mean)
+    return _sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 / log_var.exp()))
+
+
+def kl_diag_gaussians(
+    mean_q: Tensor, log_var_q: Tensor, mean_p: Tensor, log_var_p: Tensor
+) -> Tensor:
+    """KL(N(mean_q, diag var_q) ‖ N(mean_p, diag var_p)) in closed form, summed: ``(B,)``.
+
+    Per dimension: ½ [log(var_p / var_q) + (var_q + (mean_q − mean_p)²) / var_p − 1].
+    """
+    mean_q, log_var_q, mean_p, log_var_p = torch.broadcast_tensors(
+        mean_q, log_var_q, mean_p, log_var_p
+    )
+    per_dim = 0.5 * (
+        log_var_p - log_var_q + (log_var_q.exp() + (mean_q - mean_p) ** 2) / log_var_p.exp() - 1.0
+    )
+    return _sum_except_batch(per_dim)
+
+
+def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
+    """KL(N(mean, diag exp(log_var)) ‖ N(0, I)) = ½ Σ (var + mean² − 1 − log var): ``(B,)``."""
+    _check_same_shape(mean=mean, log_var=log_var)
+    return _sum_except_batch(0.5 * (log_var.exp() + mean**2 - 1.0 - log_var))
+
+
+def _std_normal_cdf(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def discretized_gaussian_log_prob(
+    x: Tensor, mean: Tensor, log_scale: Tensor, *, bins: int = 256
+) -> Tensor:
+    """log P(x) of 8-bit data under a Gaussian discretized to ``bins`` bins (Ho et al. 2020, eq. 13).
+
+    ``x`` holds pixel values scaled to [−1, 1] (k ↦ 2k/(bins − 1) − 1); each value owns the bin
+    of width 2/(bins − 1) around it, and the two edge bins extend to ∓∞, so the probabilities of
+    all ``bins`` values sum to one. ``log_scale`` is log σ. Returns the sum over all but the batch
+    axis: ``(B,)``, in nats.
+    """
+    mean, log_scale = torch.broadcast_tensors(mean, log_scale)
+    _check_same_shape(x=x, mean=mean)
+    if x.numel() and (x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6):
+        raise ValueError(
+            f"x must be scaled to [-1, 1], got values from {x.min().item()} to {x.max().item()}"
+        )
+    half = 1.0 / (bins - 1)
+    inv_scale = torch.exp(-log_scale)
+    upper = torch.where(
+        x > 1 - half, torch.ones_like(x), _std_normal_cdf((x + half - mean) * inv_scale)
+    )
+    lower = torch.where(
+        x < -1 + half, torch.zeros_like(x), _std_normal_cdf((x - half - mean) * inv_scale)
+    )
+    # Far in a tail the difference of two CDFs underflows; fall back to density × bin width there.
+    prob = upper - lower
+    log_density = -0.5 * (LOG_2PI + ((x - mean) * inv_scale) ** 2) - log_scale + math.log(2 * half)
+    log_prob = torch.where(prob > 1e-12, torch.log(prob.clamp_min(1e-12)), log_density)
+    return _sum_except_batch(log_prob)
+
+
+def bits_per_dim(nats: Tensor | float, num_dims: int) -> Tensor:
+    """Convert a negative log-likelihood in nats (per example) to bits per dimension."""
+    return torch.as_tensor(nats) / (num_dims * math.log(2.0))
