@@ -82,13 +82,16 @@ def test_static_sliders_work_in_a_real_browser(book_html, browser, page):
     """Drive every static slider with the keyboard and check that the picture and label follow."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get((book_html / page).as_uri())
-    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+    WebDriverWait(browser, 30).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
     sliders = browser.find_elements(By.CSS_SELECTOR, "div.dl-slider")
-    assert sliders, f"{page} has no static slider (title {browser.title!r}, url {browser.current_url})"
+    assert sliders, (
+        f"{page} has no static slider (title {browser.title!r}, url {browser.current_url})"
+    )
     for root in sliders:
         data = json.loads(
             root.find_element(By.CSS_SELECTOR, "script.dl-slider-data").get_attribute("textContent")
