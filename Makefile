@@ -63,7 +63,7 @@ sync: $(STAMP)
 	$(BIN)/jupytext --to ipynb notebooks/*.md
 
 test: lint book-test
-	DIFFUSION_LESSONS_BOOK_HTML=$(abspath $(BUILD))/html $(BIN)/python -m pytest -ra tests
+	DIFFUSION_LESSONS_BOOK_HTML=$(abspath $(BUILD))/html $(BIN)/python -m pytest -ra --durations=10 tests
 
 test-lib: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow" tests

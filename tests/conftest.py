@@ -35,3 +35,14 @@ def book_html() -> Path:
     if not path or not (Path(path) / "index.html").exists():
         pytest.skip("the built book is needed: run `make test`, which builds it first")
     return Path(path)
+
+
+REPORT_LINES: list[str] = []
+"""Measurements that tests want shown at the end of the run (chapter times, for instance)."""
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT_LINES:
+        terminalreporter.section("measured")
+        for line in REPORT_LINES:
+            terminalreporter.write_line(line)

@@ -15,7 +15,7 @@ from datetime import datetime
 import nbformat
 import pytest
 
-from conftest import REPO, chapters
+from conftest import REPO, REPORT_LINES, chapters
 
 COLAB_PROVIDES = ("torch", "numpy", "matplotlib", "sympy", "ipywidgets", "ipykernel")
 # Seconds of cell execution on a 2-core CPU, the Colab setup cell (an install) excluded.
@@ -90,5 +90,7 @@ def test_chapter_runs_like_colab(md, colab_kernel, tmp_path, monkeypatch):
     assert probe.returncode == 0, "the setup cell did not install the library"
     cells_s = sum(_cell_seconds(c) for c in code_cells[1:])
     budget = BUDGET_S.get(md.stem, DEFAULT_BUDGET_S)
-    print(f"\n{md.stem}: cells {cells_s:.1f} s (budget {budget} s), wall with install {wall:.1f} s")
+    REPORT_LINES.append(
+        f"{md.stem}: Colab-style run, cells {cells_s:.1f} s (budget {budget} s), wall with install {wall:.1f} s"
+    )
     assert cells_s <= budget, f"{md.stem} took {cells_s:.1f} s, over its {budget} s budget"
