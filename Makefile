@@ -52,12 +52,12 @@ book-test: $(STAMP)
 	$(BIN)/jupyter-book build . --path-output $(BOOK_OUT) --config $(BUILD)/_config.test.yml --all -W -n --keep-going
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 sync: $(STAMP)
 	$(BIN)/jupytext --to ipynb notebooks/*.md

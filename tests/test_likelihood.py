@@ -1,0 +1,184 @@
+"""Bits/dim of images: each term of the two ELBOs against an independent calculation."""
+
+import math
+
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from diffusion_lessons import likelihood, schedules
+from diffusion_lessons.distributions import kl_standard_normal
+
+MU, S = 0.1, 0.15  # Gaussian "images": every pixel ~ N(MU, S²), independent
+SHAPE = (1, 4, 4)
+D = 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class OptimalDenoiser(nn.Module):
+    """E[ε | x_t] for x_0 ~ N(MU, S² I): σ (x_t − √ᾱ MU) / (ᾱ S² + σ²) (Gaussian conditioning)."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, xt, t):
+        lam = self.schedule.log_snr(t.double())[:, None, None, None]
+        ab, s2 = torch.sigmoid(lam), torch.sigmoid(-lam)
+        return (s2.sqrt() * (xt.double() - ab.sqrt() * MU) / (ab * S**2 + s2)).to(xt.dtype)
+
+
+def _gaussian_images(n, seed=0):
+    x = MU + S * torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(seed))
+    assert x.abs().max() < 1, "no clipping needed (6 standard deviations)"
+    return x
+
+
+def test_continuous_diffusion_term_matches_the_closed_form_for_gaussian_data():
+    """With the optimal denoiser, E‖ε − ε̂‖² = D ᾱS²/(ᾱS² + σ²), so L_∞ = −½∫λ' D S²e^λ/(1 + S²e^λ)
+    dt = (D/2) log((1 + S² e^{λ(0)}) / (1 + S² e^{λ(1)})): Monte Carlo vs closed form."""
+    sched = schedules.get_schedule("linear_log_snr")
+    n = 20_000
+    x0 = _gaussian_images(n)
+    g = torch.Generator().manual_seed(1)
+    t, eps = torch.rand(n, generator=g), torch.randn(x0.shape, generator=g)
+    est = likelihood.continuous_diffusion_term(OptimalDenoiser(sched), x0, t, eps, sched)
+    lam0, lam1 = 13.3, -5.0
+    exact = D / 2 * math.log((1 + S**2 * math.exp(lam0)) / (1 + S**2 * math.exp(lam1)))
+    tol = 4 * est.std().item() / math.sqrt(n)
+    assert abs(est.mean().item() - exact) < tol, (est.mean().item(), exact, tol)
+
+
+def test_log_snr_derivative_is_the_slope():
+    sched = schedules.get_schedule("linear_log_snr")
+    assert torch.allclose(
+        likelihood.log_snr_derivative(sched, torch.rand(5)), torch.full((5,), -18.3)
+    )
+    cos = schedules.get_schedule("cosine")
+    t = torch.tensor([0.2, 0.5, 0.7], dtype=torch.float64)
+    h = 1e-6
+    fd = (cos.log_snr(t + h) - cos.log_snr(t - h)) / (2 * h)
+    assert torch.allclose(likelihood.log_snr_derivative(cos, t), fd, rtol=1e-6)
+
+
+def test_prior_kl_matches_torch_distributions():
+    x0 = _gaussian_images(8)
+    ab = 0.3
+    q = torch.distributions.Normal(math.sqrt(ab) * x0, math.sqrt(1 - ab))
+    expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0))
+    got = likelihood.prior_kl(x0, ab)
+    assert torch.allclose(got, expected.flatten(1).sum(1), rtol=1e-5)
+    assert torch.allclose(
+        got, kl_standard_normal(math.sqrt(ab) * x0, torch.full_like(x0, math.log(1 - ab)))
+    )
+
+
+def test_vdm_reconstruction_is_the_discretized_gaussian_of_scipy():
+    """−log p(x|z_0), z_0 = α_0 x + σ_0 ε, decoder N(z_0/α_0, σ_0²/α_0²) cut into 256 bins."""
+    sched = schedules.get_schedule("linear_log_snr", log_snr_max=8.0)  # σ_0/α_0 = e^{-4}
+    k = torch.randint(0, 256, (3, *SHAPE), generator=torch.Generator().manual_seed(0))
+    x0 = (2 * k / 255 - 1).float()
+    terms = likelihood.vdm_terms(
+        OptimalDenoiser(sched), x0, sched, generator=torch.Generator().manual_seed(5)
+    )
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a0, s0 = math.sqrt(1 / (1 + math.exp(-8))), math.sqrt(1 / (1 + math.exp(8)))
+    mean = (a0 * x0.double() + s0 * noise) / a0
+    scale, half = s0 / a0, 1 / 255
+    hi = norm.cdf(((x0.double() + half - mean) / scale).numpy())
+    lo = norm.cdf(((x0.double() - half - mean) / scale).numpy())
+    hi[(k == 255).numpy()], lo[(k == 0).numpy()] = 1.0, 0.0
+    expected = -torch.log(torch.from_numpy(hi - lo)).flatten(1).sum(1)
+    assert torch.allclose(terms["reconstruction"], expected, rtol=1e-6)
+    total = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+    assert torch.allclose(terms["total"], total)
+
+
+def test_bits_per_dim_of_a_uniform_decoder_is_eight():
+    """A discretized Gaussian so wide that all 256 levels are equally likely: log2(256) = 8 bits."""
+    terms = {"reconstruction": torch.full((4,), D * math.log(256.0))}
+    assert likelihood.to_bits_per_dim(terms, D)["reconstruction"] == pytest.approx(8.0)
+
+
+def _discrete_closed_form(sched, T):
+    """Σ_{i=2}^T E KL_i for the optimal denoiser: c_i² E‖x_0 − x̂_0‖² / (2 β̃_i) with
+    c_i = √ᾱ_{i−1} β_i / (1 − ᾱ_i) and E‖x_0 − x̂_0‖² = D S² σ_i² / (ᾱ_i S² + σ_i²)."""
+    ab = [1.0] + [
+        torch.sigmoid(sched.log_snr(torch.tensor(i / T, dtype=torch.float64))).item()
+        for i in range(1, T + 1)
+    ]
+    total = 0.0
+    for i in range(2, T + 1):
+        beta = 1 - ab[i] / ab[i - 1]
+        beta_tilde = (1 - ab[i - 1]) / (1 - ab[i]) * beta
+        c = math.sqrt(ab[i - 1]) * beta / (1 - ab[i])
+        post_var = S**2 * (1 - ab[i]) / (ab[i] * S**2 + 1 - ab[i])
+        total += c**2 * D * post_var / (2 * beta_tilde)
+    return total
+
+
+def test_ddpm_diffusion_terms_match_the_closed_form_exactly_summed_and_sampled():
+    sched = schedules.get_schedule("linear_log_snr")
+    T, n = 10, 2000
+    x0 = _gaussian_images(n)
+    model = OptimalDenoiser(sched)
+    exact = _discrete_closed_form(sched, T)
+    summed = likelihood.ddpm_terms(
+        model, x0, sched, T, n_t=None, generator=torch.Generator().manual_seed(2)
+    )["diffusion"]
+    assert abs(summed.mean().item() - exact) < 4 * summed.std().item() / math.sqrt(n)
+    sampled = likelihood.ddpm_terms(
+        model, x0, sched, T, n_t=1, generator=torch.Generator().manual_seed(3)
+    )["diffusion"]
+    assert abs(sampled.mean().item() - exact) < 4 * sampled.std().item() / math.sqrt(n)
+    assert sampled.std() > summed.std(), "one sampled step is noisier than the exact sum"
+
+
+def test_ddpm_prior_and_reconstruction_terms():
+    sched = schedules.get_schedule("linear_log_snr")
+    T = 10
+    k = torch.randint(0, 256, (6, *SHAPE), generator=torch.Generator().manual_seed(0))
+    x0 = (2 * k / 255 - 1).float()
+    terms = likelihood.ddpm_terms(OptimalDenoiser(sched), x0, sched, T)
+    ab_T = torch.sigmoid(torch.tensor(-5.0, dtype=torch.float64))
+    q = torch.distributions.Normal(ab_T.sqrt() * x0.double(), (1 - ab_T).sqrt())
+    prior = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).flatten(1)
+    assert torch.allclose(terms["prior"], prior.sum(1))
+    # the decoder's scale √β_1 is far wider than a bin here, so −log p ≈ −log(density × 2/255)
+    assert (terms["reconstruction"] > 0).all()
+    assert torch.allclose(
+        terms["total"], terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+    )
+
+
+def test_bad_arguments():
+    cos = schedules.get_schedule("linear_beta")  # λ(0) = +∞
+    x0 = _gaussian_images(2)
+    with pytest.raises(ValueError, match="t_min"):
+        likelihood.vdm_terms(OptimalDenoiser(cos), x0, cos)
+    with pytest.raises(ValueError, match="T must be >= 2"):
+        likelihood.ddpm_terms(OptimalDenoiser(cos), x0, cos, 1)
+    with pytest.raises(ValueError, match="unknown method"):
+        likelihood.evaluate_bits_per_dim(OptimalDenoiser(cos), x0, cos, method="exact")
+
+
+def test_discrete_bound_decreases_to_the_continuous_one_as_t_grows():
+    """Kingma et al. (2021, sec. 4.1): with more steps the discrete diffusion loss falls towards
+    L_∞, from above, with a gap of order 1/T (Gaussian data, optimal denoiser, over [1/T, 1])."""
+    sched = schedules.get_schedule("linear_log_snr")
+    gaps = []
+    for T in (100, 1000):
+        lam0 = 13.3 - 18.3 / T
+        cont = D / 2 * math.log((1 + S**2 * math.exp(lam0)) / (1 + S**2 * math.exp(-5.0)))
+        gaps.append(_discrete_closed_form(sched, T) / cont - 1)
+    assert 0 < gaps[1] < gaps[0] and gaps[1] < 0.01
+    assert 5 < gaps[0] / gaps[1] < 20, "first order in 1/T"
