@@ -37,6 +37,17 @@ def book_html() -> Path:
     return Path(path)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 REPORT_LINES: list[str] = []
 """Measurements that tests want shown at the end of the run (chapter times, for instance)."""
 

@@ -15,13 +15,7 @@ from diffusion_lessons import cli, engine, nets, schedules, train
 TINY = engine.PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n=64, seed=0):

@@ -8,14 +8,7 @@ from torch import nn
 
 from diffusion_lessons import unet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ddpm_cifar10_model_has_the_published_35_7m_parameters():

@@ -343,19 +343,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, int, dict[str
     """
     import json
 
-    from safetensors import safe_open
+    from .train import read_safetensors
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for truncated files
-        raise ValueError(
-            f"{path} is not a readable safetensors checkpoint ({err}); it may be truncated"
-        ) from err
+    meta, tensors = read_safetensors(path)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a training-engine checkpoint (format {meta.get('format')!r}, "

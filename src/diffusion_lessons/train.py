@@ -134,11 +134,11 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
-    """Load safetensors weights from ``path`` into ``model``; return the stored metadata.
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """Read a safetensors file without pickle: ``(metadata, tensors)``.
 
-    Raises ``ValueError`` when the file is not a readable safetensors file, or holds weights for
-    another architecture (missing or unexpected keys, other shapes); ``model`` is left untouched.
+    Raises ``FileNotFoundError`` when there is no file and ``ValueError`` when it is not a readable
+    safetensors file (for instance a truncated one).
     """
     from safetensors import safe_open
 
@@ -148,11 +148,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for truncated files
         raise ValueError(
             f"{path} is not a readable safetensors checkpoint ({err}); it may be truncated"
         ) from err
+    return meta, tensors
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load safetensors weights from ``path`` into ``model``; return the stored metadata.
+
+    Raises ``ValueError`` when the file is not a readable safetensors file, or holds weights for
+    another architecture (missing or unexpected keys, other shapes); ``model`` is left untouched.
+    """
+    meta, state = read_safetensors(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
