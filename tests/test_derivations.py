@@ -5,8 +5,9 @@ import random
 
 import pytest
 import sympy as sp
+import torch
 
-from diffusion_lessons import derivations
+from diffusion_lessons import derivations, elbo
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
@@ -41,3 +42,24 @@ def test_induction_step():
 def test_composition_rejects_bad_n():
     with pytest.raises(ValueError, match="n must be >= 1"):
         derivations.forward_marginal_by_composition(0)
+
+
+def test_sympy_posterior_1d_matches_library():
+    """eq-lg-posterior in 1-D by completing the square, against elbo.linear_gaussian_posterior."""
+    d = derivations.posterior_1d_by_completing_square()
+    w, s, x, b = 1.3, 0.6, 0.9, -0.2
+    subs = {d["w"]: w, d["s"]: s, d["x"]: x, d["b"]: b}
+    mean, cov = elbo.linear_gaussian_posterior(
+        torch.tensor([[x]], dtype=torch.float64),
+        torch.tensor([[w]], dtype=torch.float64),
+        torch.tensor([b], dtype=torch.float64),
+        s,
+    )
+    assert math.isclose(float(d["mean"].subs(subs)), mean.item(), rel_tol=1e-12)
+    assert math.isclose(float(d["variance"].subs(subs)), cov.item(), rel_tol=1e-12)
+
+
+def test_sympy_gaussian_kl_is_the_closed_form():
+    """eq-kl-gaussians in 1-D."""
+    d = derivations.gaussian_kl_1d()
+    assert sp.simplify(d["kl"] - d["closed_form"]) == 0

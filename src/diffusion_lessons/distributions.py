@@ -91,3 +91,37 @@ def discretized_gaussian_log_prob(
 def bits_per_dim(nats: Tensor | float, num_dims: int) -> Tensor:
     """Convert a negative log-likelihood in nats (per example) to bits per dimension."""
     return torch.as_tensor(nats) / (num_dims * math.log(2.0))
+
+
+# --- Gaussians with a full covariance (the posterior of the linear-Gaussian model is one) ---
+
+
+def mvn_log_prob(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
+    """log N(x; mean, cov) for a full covariance: ``x, mean: (B, k)``, ``cov: (k, k)`` or ``(B, k, k)`` → ``(B,)``."""
+    chol = torch.linalg.cholesky(cov)
+    diff = (x - mean).unsqueeze(-1)
+    sol = torch.linalg.solve_triangular(
+        chol.expand(*diff.shape[:-2], *chol.shape[-2:]), diff, upper=False
+    )
+    half_log_det = torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    k = x.shape[-1]
+    return -0.5 * (k * LOG_2PI + (sol.squeeze(-1) ** 2).sum(-1)) - half_log_det
+
+
+def kl_gaussians_full(mean_q: Tensor, cov_q: Tensor, mean_p: Tensor, cov_p: Tensor) -> Tensor:
+    """KL(N(mean_q, cov_q) ‖ N(mean_p, cov_p)) in closed form (``eq-kl-gaussians``) → ``(B,)``.
+
+    ½ [tr(Σ_p⁻¹ Σ_q) + (μ_p − μ_q)ᵀ Σ_p⁻¹ (μ_p − μ_q) − k + log det Σ_p − log det Σ_q];
+    means ``(B, k)``, covariances ``(k, k)`` or ``(B, k, k)``.
+    """
+    mean_q, mean_p = torch.broadcast_tensors(mean_q, mean_p)
+    k = mean_q.shape[-1]
+    cov_q = cov_q.expand(mean_q.shape[0], k, k)
+    cov_p = cov_p.expand(mean_q.shape[0], k, k)
+    chol_p = torch.linalg.cholesky(cov_p)
+    trace = torch.cholesky_solve(cov_q, chol_p).diagonal(dim1=-2, dim2=-1).sum(-1)
+    diff = (mean_p - mean_q).unsqueeze(-1)
+    maha = (diff * torch.cholesky_solve(diff, chol_p)).sum((-2, -1))
+    logdet_p = 2 * torch.log(chol_p.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    logdet_q = torch.logdet(cov_q)
+    return 0.5 * (trace + maha - k + logdet_p - logdet_q)
