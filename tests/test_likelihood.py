@@ -52,18 +52,6 @@ def test_continuous_diffusion_term_matches_the_closed_form_for_gaussian_data():
     assert abs(est.mean().item() - exact) < tol, (est.mean().item(), exact, tol)
 
 
-def test_log_snr_derivative_is_the_slope():
-    sched = schedules.get_schedule("linear_log_snr")
-    assert torch.allclose(
-        likelihood.log_snr_derivative(sched, torch.rand(5)), torch.full((5,), -18.3)
-    )
-    cos = schedules.get_schedule("cosine")
-    t = torch.tensor([0.2, 0.5, 0.7], dtype=torch.float64)
-    h = 1e-6
-    fd = (cos.log_snr(t + h) - cos.log_snr(t - h)) / (2 * h)
-    assert torch.allclose(likelihood.log_snr_derivative(cos, t), fd, rtol=1e-6)
-
-
 def test_prior_kl_matches_torch_distributions():
     x0 = _gaussian_images(8)
     ab = 0.3

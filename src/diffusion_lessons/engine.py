@@ -30,9 +30,9 @@ from torch import Tensor, nn
 
 from .checks import check_choice, check_positive_int
 from .data import load_digits, load_mnist, scale_images
-from .likelihood import log_snr_derivative
 from .schedules import SCHEDULES, get_schedule
 from .unet import UNet, UNetConfig
+from .vlb import log_snr_and_derivative
 
 DATASETS = {"mnist": (1, 28, 256), "fashion_mnist": (1, 28, 256), "digits": (1, 8, 17)}
 """Dataset name → (channels, side, number of pixel levels ``bins``)."""
@@ -523,7 +523,7 @@ def train(
         log_snr = schedule.log_snr_fn(t.double()).float()
         weight = None
         if cfg.objective == "vdm":
-            weight = -0.5 * log_snr_derivative(schedule, t).float()
+            weight = -0.5 * log_snr_and_derivative(schedule, t)[1].float()
         with autocast(dev):
             return eps_loss(forward, x0.contiguous(memory_format=fmt), t, eps, log_snr, weight)
 

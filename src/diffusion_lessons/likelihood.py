@@ -29,20 +29,13 @@ from .distributions import (
 )
 from .parameterizations import eps_to_x0
 from .schedules import Schedule
+from .vlb import log_snr_and_derivative
 
 Model = Callable[[Tensor, Tensor], Tensor]
 
 
 def _sum(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
-
-
-def log_snr_derivative(schedule: Schedule, t: Tensor) -> Tensor:
-    """dλ/dt of ``schedule`` at ``t`` (any shape), by automatic differentiation in float64."""
-    with torch.enable_grad():  # also inside torch.no_grad() evaluation
-        t64 = t.detach().double().requires_grad_(True)
-        (grad,) = torch.autograd.grad(schedule.log_snr_fn(t64).sum(), t64)
-    return grad.to(t.dtype)
 
 
 def prior_kl(x0: Tensor, alpha_bar: Tensor | float) -> Tensor:
@@ -66,7 +59,7 @@ def continuous_diffusion_term(
     ab = append_dims(torch.sigmoid(log_snr), x0, x_name="x0").to(x0)
     xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
     eps_hat = model(xt, t).float()
-    return -0.5 * log_snr_derivative(schedule, t).to(eps_hat) * _sum((eps - eps_hat) ** 2)
+    return -0.5 * log_snr_and_derivative(schedule, t)[1].to(eps_hat) * _sum((eps - eps_hat) ** 2)
 
 
 def vdm_terms(
