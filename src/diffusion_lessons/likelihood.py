@@ -25,9 +25,10 @@ from .distributions import (
     bits_per_dim,
     discretized_gaussian_log_prob,
     kl_diag_gaussians,
-    kl_standard_normal,
 )
+from .losses import prior_kl
 from .parameterizations import eps_to_x0
+from .posterior import posterior_mean_var
 from .schedules import Schedule
 from .vlb import log_snr_and_derivative
 
@@ -36,14 +37,6 @@ Model = Callable[[Tensor, Tensor], Tensor]
 
 def _sum(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
-
-
-def prior_kl(x0: Tensor, alpha_bar: Tensor | float) -> Tensor:
-    """KL(q(x_T | x_0) ‖ N(0, I)) with q(x_T | x_0) = N(√ᾱ_T x_0, (1 − ᾱ_T) I): ``(B,)`` nats."""
-    ab = append_dims(torch.as_tensor(alpha_bar, dtype=torch.float64), x0, x_name="x0")
-    x = x0.double()
-    mean = ab.sqrt() * x
-    return kl_standard_normal(mean, torch.log1p(-ab).expand_as(mean)).to(x0.dtype)
 
 
 def continuous_diffusion_term(
@@ -104,17 +97,6 @@ def vdm_terms(
     return terms
 
 
-def _posterior(x0: Tensor, xt: Tensor, ab_prev: Tensor, ab: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and log-variance of q(x_{i−1} | x_i, x_0) (Ho et al. 2020, eqs. 6–7), float64.
-
-    μ̃ = √ᾱ_{i−1} β_i / (1 − ᾱ_i) x_0 + √α_i (1 − ᾱ_{i−1}) / (1 − ᾱ_i) x_i, and
-    β̃_i = (1 − ᾱ_{i−1}) / (1 − ᾱ_i) β_i, with β_i = 1 − ᾱ_i / ᾱ_{i−1}.
-    """
-    beta = 1.0 - ab / ab_prev
-    mean = (ab_prev.sqrt() * beta * x0 + (1.0 - beta).sqrt() * (1.0 - ab_prev) * xt) / (1.0 - ab)
-    return mean, torch.log((1.0 - ab_prev) / (1.0 - ab) * beta).expand_as(mean)
-
-
 def ddpm_terms(
     model: Model,
     x0: Tensor,
@@ -149,10 +131,9 @@ def ddpm_terms(
         xt = append_dims(ab.sqrt(), x) * x + append_dims((1.0 - ab).sqrt(), x) * eps.double()
         eps_hat = model(xt.to(x0.dtype), (i / T).to(x0.dtype)).double()
         x0_hat = eps_to_x0(xt, eps_hat, ab)
-        ab, ab_prev = append_dims(ab, x), append_dims(ab_prev, x)
-        mean_q, log_var = _posterior(x, xt, ab_prev, ab)
-        mean_p, _ = _posterior(x0_hat, xt, ab_prev, ab)
-        return kl_diag_gaussians(mean_q, log_var, mean_p, log_var)
+        mean_q, var = posterior_mean_var(x, xt, ab, ab_prev)
+        mean_p, _ = posterior_mean_var(x0_hat, xt, ab, ab_prev)
+        return kl_diag_gaussians(mean_q, var.log(), mean_p, var.log())
 
     if n_t is None:
         diffusion = sum(kl_at(torch.full((b,), i, device=dev)) for i in range(2, T + 1))

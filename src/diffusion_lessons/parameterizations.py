@@ -16,7 +16,9 @@ PARAMETERIZATIONS = ("x0", "eps", "score")
 
 
 def _coefs(alpha_bar: Tensor | float, xt: Tensor) -> tuple[Tensor, Tensor]:
-    ab = append_dims(torch.as_tensor(alpha_bar), xt, name="alpha_bar", x_name="xt").to(xt)
+    if not isinstance(alpha_bar, Tensor):  # a Python float: keep its precision
+        alpha_bar = torch.tensor(alpha_bar, dtype=torch.float64)
+    ab = append_dims(alpha_bar, xt, name="alpha_bar", x_name="xt").to(xt)
     return ab.sqrt(), (1.0 - ab).sqrt()
 
 
@@ -64,3 +66,44 @@ def convert(
         "x0": lambda: eps_to_x0(xt, eps, alpha_bar),
         "score": lambda: eps_to_score(xt, eps, alpha_bar),
     }[target]()
+
+
+def implied_x0_weight(parameterization: str, alpha_bar: Tensor | float) -> Tensor:
+    """w(ᾱ) with ‖pred − target‖² = w(ᾱ) ‖x̂_0 − x_0‖² in the given parameterization (``eq-implied-weights``).
+
+    From x_t = √ᾱ x_0 + σ ε: an error δ in x_0 is an error −(√ᾱ/σ) δ in ε and (√ᾱ/σ²) δ in the
+    score, so w = 1 for ``"x0"``, SNR = ᾱ/σ² for ``"eps"`` and ᾱ/σ⁴ for ``"score"``.
+    ``alpha_bar`` in (0, 1); returns a tensor of its shape.
+    """
+    check_choice(parameterization, PARAMETERIZATIONS, name="parameterization")
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if ab.numel() and ((ab <= 0).any() or (ab >= 1).any()):
+        raise ValueError(
+            f"alpha_bar must lie in (0, 1), got values from {ab.min():.6g} to {ab.max():.6g}"
+        )
+    var = 1.0 - ab
+    return {"x0": torch.ones_like(ab), "eps": ab / var, "score": ab / var**2}[parameterization]
+
+
+class SkipX0(torch.nn.Module):
+    """An x_0-predictor with the linear part built in: x̂_0 = √ᾱ_t x_t + σ_t F_θ(x_t, t).
+
+    √ᾱ_t x_t is E[x_0 | x_t] when x_0 ~ N(0, I) (``eq-eps-to-x0`` with the best linear guess), so
+    the network F_θ (``net(x_t, t)``, e.g. :class:`~diffusion_lessons.nets.MLPDenoiser`) only learns
+    the correction, scaled by σ_t. Near t = 0 the output is close to x_t without F_θ having to learn
+    the identity map. ``alpha_bar: (T + 1,)`` is the grid; the model is called with ``t = i / T``.
+    """
+
+    def __init__(self, net: torch.nn.Module, alpha_bar: Tensor):
+        super().__init__()
+        ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+        if ab.ndim != 1 or ab.numel() < 2:
+            raise ValueError(f"alpha_bar must have shape (T + 1,), got {tuple(ab.shape)}")
+        self.net = net
+        self.register_buffer("alpha_bar", ab.float(), persistent=False)
+
+    def forward(self, xt: Tensor, t: Tensor) -> Tensor:
+        T = len(self.alpha_bar) - 1
+        i = torch.round(t * T).long().clamp(0, T)
+        ab = append_dims(self.alpha_bar[i], xt, name="t", x_name="xt")
+        return ab.sqrt() * xt + (1 - ab).sqrt() * self.net(xt, t)

@@ -1,0 +1,235 @@
+"""The diffusion ELBO in discrete time, and the simpler losses that train the same model.
+
+Book: chapters "The diffusion ELBO" and "Three equivalent objectives". With T steps and
+ᾱ_0 = 1 > ᾱ_1 > … > ᾱ_T (a grid ``alpha_bar: (T + 1,)``, e.g. from
+:func:`~diffusion_lessons.schedules.alpha_bar_from_betas`), the negative ELBO is
+
+    −ELBO = prior + reconstruction + Σ_{t=2}^{T} denoising_t                (label ``eq-diffusion-elbo``)
+
+- prior             KL(q(x_T | x_0) ‖ N(0, I))
+- reconstruction    −log p_θ(x_0 | x_1)
+- denoising_t       KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t))
+                    = ½ (SNR(t−1) − SNR(t)) ‖x̂_θ(x_t, t) − x_0‖²             (label ``eq-denoising-snr``)
+
+A model is any callable ``model(x_t, t)`` with ``x_t: (B, ...)`` and continuous time
+``t = i / T: (B,)``, whose output means x_0, ε or the score, as ``parameterization`` says.
+All terms are per example, shape ``(B,)``, in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from . import distributions
+from .checks import append_dims, check_choice, check_step
+from .forward import q_sample
+from .parameterizations import PARAMETERIZATIONS, convert
+from .posterior import posterior_mean_var
+
+Model = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_alpha_bar_grid(alpha_bar: Tensor) -> Tensor:
+    """Return ``alpha_bar: (T + 1,)`` as float64 after checking 1 ≥ ᾱ_0 > ᾱ_1 > … > ᾱ_T ≥ 0."""
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if ab.ndim != 1 or ab.numel() < 2:
+        raise ValueError(f"alpha_bar must have shape (T + 1,) with T >= 1, got {tuple(ab.shape)}")
+    if (ab > 1).any() or (ab < 0).any() or (ab[1:] >= ab[:-1]).any():
+        raise ValueError("alpha_bar must decrease strictly from ᾱ_0 <= 1 to ᾱ_T >= 0")
+    return ab
+
+
+def predict_x0(
+    model: Model, xt: Tensor, i: Tensor, alpha_bar: Tensor, *, parameterization: str
+) -> Tensor:
+    """x̂_0(x_t, t): the model's output at steps ``i: (B,)`` converted to x_0 (``eq-eps-to-x0``)."""
+    check_choice(parameterization, PARAMETERIZATIONS, name="parameterization")
+    T = len(alpha_bar) - 1
+    i = check_step(i, T)
+    t = (i.to(xt.dtype) / T).to(xt.device)
+    pred = model(xt, t)
+    ab = alpha_bar[i].to(xt)
+    return convert(pred, source=parameterization, target="x0", xt=xt, alpha_bar=ab)
+
+
+def prior_kl(x0: Tensor, alpha_bar_T: Tensor | float) -> Tensor:
+    """KL(q(x_T | x_0) ‖ N(0, I)), the prior term of ``eq-diffusion-elbo``: ``x0: (B, ...)`` → ``(B,)``."""
+    ab = torch.as_tensor(alpha_bar_T, dtype=torch.float64)
+    mean = ab.sqrt().to(x0) * x0
+    log_var = torch.log1p(-ab).to(x0).expand_as(x0)
+    return distributions.kl_standard_normal(mean, log_var)
+
+
+def reconstruction_nll(
+    x0: Tensor, x0_hat: Tensor, log_scale: Tensor | float, *, bins: int | None = None
+) -> Tensor:
+    """−log p_θ(x_0 | x_1) for a Gaussian decoder N(x̂_0, e^{2 log_scale}) (a term of ``eq-diffusion-elbo``).
+
+    ``bins=None``: continuous data, a Gaussian density. ``bins=n``: data with n levels scaled to
+    [−1, 1], the Gaussian discretized to those levels (Ho et al. 2020, eq. 13; 256 for 8-bit
+    images, 17 for scikit-learn's 8×8 digits). ``x0, x0_hat: (B, ...)`` → ``(B,)``, nats.
+    """
+    if x0.shape != x0_hat.shape:
+        raise ValueError(
+            f"x0 has shape {tuple(x0.shape)} but x0_hat has shape {tuple(x0_hat.shape)}"
+        )
+    log_scale = torch.as_tensor(log_scale, dtype=x0.dtype, device=x0.device).expand_as(x0)
+    if bins is None:
+        return -distributions.gaussian_log_prob(x0, x0_hat, 2 * log_scale)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be None (continuous data) or an integer >= 2, got {bins!r}")
+    return -distributions.discretized_gaussian_log_prob(x0, x0_hat, log_scale, bins=bins)
+
+
+def denoising_kl(
+    x0: Tensor,
+    x0_hat: Tensor,
+    xt: Tensor,
+    alpha_bar: Tensor | float,
+    alpha_bar_prev: Tensor | float,
+) -> Tensor:
+    """KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t)) between the two Gaussians (``eq-diffusion-elbo``).
+
+    p_θ(x_{t-1} | x_t) = q(x_{t-1} | x_t, x̂_0) (``eq-reverse-step``): the posterior with x̂_0 in place of x_0, and the
+    same variance. Computed with :func:`distributions.kl_diag_gaussians`. ``x0, x0_hat, xt:
+    (B, ...)``; ``alpha_bar, alpha_bar_prev``: scalars or ``(B,)``. Returns ``(B,)``.
+    """
+    mean_q, var = posterior_mean_var(x0, xt, alpha_bar, alpha_bar_prev)
+    mean_p, _ = posterior_mean_var(x0_hat, xt, alpha_bar, alpha_bar_prev)
+    log_var = torch.log(var).expand_as(mean_q)
+    return distributions.kl_diag_gaussians(mean_q, log_var, mean_p, log_var)
+
+
+def snr_weighted_mse(
+    x0: Tensor, x0_hat: Tensor, alpha_bar: Tensor | float, alpha_bar_prev: Tensor | float
+) -> Tensor:
+    """½ (SNR(t−1) − SNR(t)) ‖x̂_0 − x_0‖² (label ``eq-denoising-snr``): ``(B, ...)`` → ``(B,)``."""
+    if x0.shape != x0_hat.shape:
+        raise ValueError(
+            f"x0 has shape {tuple(x0.shape)} but x0_hat has shape {tuple(x0_hat.shape)}"
+        )
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    ab_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    if (ab >= ab_prev).any() or (ab_prev >= 1).any():
+        raise ValueError("need alpha_bar < alpha_bar_prev < 1 (SNR(t-1) is infinite at ᾱ = 1)")
+    weight = 0.5 * (ab_prev / (1 - ab_prev) - ab / (1 - ab))
+    sq = ((x0_hat - x0) ** 2).reshape(x0.shape[0], -1).sum(1)
+    return weight.to(sq) * sq
+
+
+def _random_steps(n: int, low: int, T: int, generator: torch.Generator | None, device) -> Tensor:
+    return torch.randint(low, T + 1, (n,), generator=generator, device=device)
+
+
+def nelbo_terms(
+    model: Model,
+    x0: Tensor,
+    alpha_bar: Tensor,
+    *,
+    parameterization: str,
+    generator: torch.Generator | None = None,
+    bins: int | None = None,
+    decoder_log_scale: float | None = None,
+) -> dict[str, Tensor]:
+    """The negative ELBO of ``x0: (B, ...)`` split into its terms (``eq-diffusion-elbo``), in nats.
+
+    Every step t = 2..T is evaluated (one draw of x_t each), so the diffusion term is the exact sum
+    over steps, estimated with one x_t per step. The decoder's scale defaults to
+    σ_1 = √(1 − ᾱ_1). Returns ``{"prior", "reconstruction", "diffusion", "total"}``, each ``(B,)``.
+    """
+    ab = check_alpha_bar_grid(alpha_bar).to(x0.device)
+    T = len(ab) - 1
+    B = x0.shape[0]
+    if decoder_log_scale is None:
+        decoder_log_scale = 0.5 * math.log1p(-ab[1].item())
+    with torch.no_grad():
+        prior = prior_kl(x0, ab[T])
+        x1, _ = q_sample(x0, ab[1].to(x0), generator=generator)
+        ones = torch.ones(B, dtype=torch.long, device=x0.device)
+        x0_hat = predict_x0(model, x1, ones, ab, parameterization=parameterization)
+        recon = reconstruction_nll(x0, x0_hat, decoder_log_scale, bins=bins)
+        diffusion = torch.zeros_like(prior)
+        for i in range(2, T + 1):
+            xt, _ = q_sample(x0, ab[i].to(x0), generator=generator)
+            x0_hat = predict_x0(model, xt, ones * i, ab, parameterization=parameterization)
+            diffusion += snr_weighted_mse(x0, x0_hat, ab[i], ab[i - 1])
+    return {
+        "prior": prior,
+        "reconstruction": recon,
+        "diffusion": diffusion,
+        "total": prior + recon + diffusion,
+    }
+
+
+def elbo_loss(
+    model: Model,
+    x0: Tensor,
+    generator: torch.Generator | None,
+    *,
+    alpha_bar: Tensor,
+    parameterization: str = "x0",
+    bins: int | None = None,
+    decoder_log_scale: float | None = None,
+) -> Tensor:
+    """An unbiased one-step estimate of the batch-mean negative ELBO, to train with (``eq-diffusion-elbo``).
+
+    For each example a step i is drawn uniformly from 1..T; the estimate is
+    prior + T · (reconstruction if i = 1 else denoising_i). Returns a scalar, nats per example.
+    """
+    ab = check_alpha_bar_grid(alpha_bar).to(x0.device)
+    T = len(ab) - 1
+    if T < 2:
+        raise ValueError(f"elbo_loss needs T >= 2 steps, got alpha_bar of shape {tuple(ab.shape)}")
+    if decoder_log_scale is None:
+        decoder_log_scale = 0.5 * math.log1p(-ab[1].item())
+    i = _random_steps(x0.shape[0], 1, T, generator, x0.device)
+    xt, _ = q_sample(x0, ab[i].to(x0), generator=generator)
+    x0_hat = predict_x0(model, xt, i, ab, parameterization=parameterization)
+    recon = reconstruction_nll(x0, x0_hat, decoder_log_scale, bins=bins)
+    # ½ (SNR(i − 1) − SNR(i)) for i >= 2; the i = 1 entries are not used (SNR(0) = ∞ when ᾱ_0 = 1)
+    j = i.clamp_min(2)
+    weight = 0.5 * (ab[j - 1] / (1 - ab[j - 1]) - ab[j] / (1 - ab[j]))
+    sq = ((x0_hat - x0) ** 2).reshape(x0.shape[0], -1).sum(1)
+    step_term = torch.where(i == 1, recon, weight.to(sq) * sq)
+    return (prior_kl(x0, ab[T]) + T * step_term).mean()
+
+
+def denoising_loss(
+    model: Model,
+    x0: Tensor,
+    generator: torch.Generator | None,
+    *,
+    alpha_bar: Tensor,
+    parameterization: str,
+) -> Tensor:
+    """Mean squared error of the model's output against its own target, t uniform on 1..T.
+
+    The target is x_0 for ``"x0"``, ε for ``"eps"`` and ∇ log q(x_t | x_0) = −ε/σ_t for
+    ``"score"`` (denoising score matching, Vincent 2011). In x_0 units each is the ELBO's
+    squared error with the weight of :func:`~diffusion_lessons.parameterizations.implied_x0_weight`
+    (``eq-implied-weights``). Returns a scalar (mean over examples and dimensions).
+    """
+    check_choice(parameterization, PARAMETERIZATIONS, name="parameterization")
+    ab = check_alpha_bar_grid(alpha_bar).to(x0.device)
+    T = len(ab) - 1
+    i = _random_steps(x0.shape[0], 1, T, generator, x0.device)
+    ab_i = ab[i].to(x0)
+    xt, eps = q_sample(x0, ab_i, generator=generator)
+    t = i.to(x0.dtype) / T
+    pred = model(xt, t)
+    if pred.shape != x0.shape:
+        raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
+    sigma = append_dims((1 - ab_i).sqrt(), x0)
+    target = {"x0": x0, "eps": eps, "score": -eps / sigma}[parameterization]
+    return ((pred - target) ** 2).mean()
+
+
+def l_simple(
+    model: Model, x0: Tensor, generator: torch.Generator | None, *, alpha_bar: Tensor
+) -> Tensor:
+    """DDPM's L_simple = E_{t, x_0, ε} ‖ε − ε̂_θ(x_t, t)‖² (Ho et al. 2020, eq. 14; weighting in ``eq-implied-weights``)."""
+    return denoising_loss(model, x0, generator, alpha_bar=alpha_bar, parameterization="eps")
