@@ -60,7 +60,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 sync: $(STAMP)
-	$(BIN)/jupytext --to ipynb notebooks/*.md
+	$(BIN)/jupytext --to ipynb --update notebooks/*.md
 
 test: lint book-test
 	DIFFUSION_LESSONS_BOOK_HTML=$(abspath $(BUILD))/html $(BIN)/python -m pytest -ra --durations=10 tests

@@ -28,3 +28,12 @@ def test_scale_rejects_unknown_value(monkeypatch):
         match=r"unknown \$DIFFUSION_LESSONS_SCALE 'huge'; choose one of 'auto', 'small', 'full'",
     ):
         pages.scale()
+
+
+def test_setup_cpu_uses_one_thread_without_cuda():
+    before = torch.get_num_threads()
+    try:
+        pages.setup_cpu()
+        assert torch.get_num_threads() == (before if torch.cuda.is_available() else 1)
+    finally:
+        torch.set_num_threads(before)

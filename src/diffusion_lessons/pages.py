@@ -47,3 +47,13 @@ def scale() -> str:
 def device() -> torch.device:
     """The device the chapters train on: the first CUDA GPU if there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_cpu() -> None:
+    """On the CPU, run PyTorch on one intra-op thread; on a GPU, do nothing.
+
+    The book's CPU-sized models are small: their per-step work is too little to split across
+    threads, and several threads on a busy 2-core machine were measured 10× slower than one.
+    """
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
