@@ -304,9 +304,6 @@ def save_training_state(
     No pickle anywhere.
     """
     import json
-    import tempfile
-
-    from safetensors.torch import save_file
 
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"ema/{k}": v for k, v in ema.state_dict().items()}
@@ -322,17 +319,9 @@ def save_training_state(
         "unet": json.dumps(cfg.unet_config().to_dict()),
         "step": str(step),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from .train import write_safetensors
+
+    return write_safetensors(tensors, path, meta)
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[TrainConfig, int, dict[str, Tensor]]:

@@ -26,6 +26,7 @@ from torch.func import functional_call
 
 from . import vlb
 from .checks import check_choice, check_time
+from .schedules import FromLogSNR
 
 
 class PositiveLinear(nn.Module):
@@ -44,7 +45,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class MonotoneLogSNR(nn.Module):
+class MonotoneLogSNR(FromLogSNR, nn.Module):
     """λ(t) = −γ(t) with γ from ``eq-monotone-gamma``: decreasing in t, λ(0) = λ_max, λ(1) = λ_min.
 
     Used like a :class:`~diffusion_lessons.schedules.Schedule`: :meth:`log_snr`, :meth:`alpha_bar`,
@@ -98,18 +99,6 @@ class MonotoneLogSNR(nn.Module):
     def log_snr(self, t: Tensor | float) -> Tensor:
         """λ(t) = −γ(t)."""
         return -self.gamma(t)
-
-    def alpha_bar(self, t: Tensor | float) -> Tensor:
-        """ᾱ_t = sigmoid(λ_t)."""
-        return torch.sigmoid(self.log_snr(t))
-
-    def sigma(self, t: Tensor | float) -> Tensor:
-        """σ_t = √sigmoid(−λ_t)."""
-        return torch.sigmoid(-self.log_snr(t)).sqrt()
-
-    def snr(self, t: Tensor | float) -> Tensor:
-        """SNR(t) = exp(λ_t)."""
-        return torch.exp(self.log_snr(t))
 
 
 class _Detached(nn.Module):

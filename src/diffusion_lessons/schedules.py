@@ -70,8 +70,30 @@ def log_snr_linear(t: Tensor, log_snr_max: float = 13.3, log_snr_min: float = -5
 # A schedule as one object: λ(t) and everything derived from it.
 
 
+class FromLogSNR:
+    """ᾱ_t, σ_t and SNR(t) for any class that defines ``log_snr(t)`` (label ``eq-alpha-from-log-snr``).
+
+    Shared by the fixed :class:`Schedule` and the learned schedule of chapter 6.
+    """
+
+    def log_snr(self, t: Tensor | float) -> Tensor:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def alpha_bar(self, t: Tensor | float) -> Tensor:
+        """ᾱ_t = sigmoid(λ_t): the signal variance kept in x_t."""
+        return torch.sigmoid(self.log_snr(t))
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        """σ_t = √(1 − ᾱ_t) = √sigmoid(−λ_t): the noise standard deviation in x_t."""
+        return torch.sigmoid(-self.log_snr(t)).sqrt()
+
+    def snr(self, t: Tensor | float) -> Tensor:
+        """SNR(t) = ᾱ_t / σ_t² = exp(λ_t)."""
+        return torch.exp(self.log_snr(t))
+
+
 @dataclass(frozen=True)
-class Schedule:
+class Schedule(FromLogSNR):
     """A variance-preserving noise schedule on t ∈ [0, 1], given by its log-SNR λ(t).
 
     All methods take ``t`` of any shape (a float, or a tensor such as ``(B,)``) with values in
@@ -85,18 +107,6 @@ class Schedule:
         """λ_t = log SNR(t), computed in float64 and returned in the dtype of ``t``."""
         t = check_time(t)
         return self.log_snr_fn(t.double()).to(t.dtype)
-
-    def alpha_bar(self, t: Tensor | float) -> Tensor:
-        """ᾱ_t = sigmoid(λ_t): the signal variance kept in x_t."""
-        return torch.sigmoid(self.log_snr(t))
-
-    def sigma(self, t: Tensor | float) -> Tensor:
-        """σ_t = √(1 − ᾱ_t) = √sigmoid(−λ_t): the noise standard deviation in x_t."""
-        return torch.sigmoid(-self.log_snr(t)).sqrt()
-
-    def snr(self, t: Tensor | float) -> Tensor:
-        """SNR(t) = ᾱ_t / σ_t² = exp(λ_t)."""
-        return torch.exp(self.log_snr(t))
 
     def discrete_alpha_bar(self, T: int) -> Tensor:
         """ᾱ at the T + 1 grid points t_i = i / T, i = 0..T, in float64: shape ``(T + 1,)``."""

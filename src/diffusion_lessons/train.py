@@ -117,16 +117,27 @@ def save_checkpoint(
     model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None
 ) -> Path:
     """Write ``model``'s weights to ``path`` as safetensors, atomically (no pickle)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"architecture": type(model).__name__, "metadata": json.dumps(metadata or {})}
+    return write_safetensors(state, path, meta)
+
+
+def write_safetensors(
+    tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> Path:
+    """Write ``tensors`` and string ``metadata`` to ``path`` as safetensors, atomically.
+
+    The file is written beside ``path`` and renamed over it only when complete, so an interrupted
+    write never leaves a truncated checkpoint behind.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"architecture": type(model).__name__, "metadata": json.dumps(metadata or {})}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=meta)
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
