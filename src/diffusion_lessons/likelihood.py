@@ -20,12 +20,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .checks import append_dims, check_positive_int
+from .checks import check_positive_int
 from .distributions import (
     bits_per_dim,
     discretized_gaussian_log_prob,
     kl_diag_gaussians,
 )
+from .forward import q_sample
 from .losses import prior_kl
 from .parameterizations import eps_to_x0
 from .posterior import posterior_mean_var
@@ -49,8 +50,7 @@ def continuous_diffusion_term(
     ``x0, eps: (B, ...)``, ``t: (B,)``.
     """
     log_snr = schedule.log_snr(t)
-    ab = append_dims(torch.sigmoid(log_snr), x0, x_name="x0").to(x0)
-    xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
+    xt = q_sample(x0, torch.sigmoid(log_snr), eps=eps)[0]
     eps_hat = model(xt, t).float()
     return -0.5 * log_snr_and_derivative(schedule, t)[1].to(eps_hat) * _sum((eps - eps_hat) ** 2)
 
@@ -83,7 +83,7 @@ def vdm_terms(
     prior = prior_kl(x0, torch.sigmoid(torch.tensor(lam1, dtype=torch.float64)))
     ab0 = torch.sigmoid(torch.tensor(lam0, dtype=torch.float64))
     noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=torch.float64)
-    z0 = ab0.sqrt() * x0.double() + (1.0 - ab0).sqrt() * noise
+    z0 = q_sample(x0.double(), ab0, eps=noise)[0]
     log_scale = torch.full_like(z0, -0.5 * lam0)
     recon = -discretized_gaussian_log_prob(x0.double(), z0 / ab0.sqrt(), log_scale, bins=bins)
     diffusion = torch.zeros(b, dtype=torch.float64, device=dev)
@@ -128,7 +128,7 @@ def ddpm_terms(
     def kl_at(i: Tensor) -> Tensor:  # i: (B,) long in 2..T
         ab, ab_prev = ab_all[i], ab_all[i - 1]
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
-        xt = append_dims(ab.sqrt(), x) * x + append_dims((1.0 - ab).sqrt(), x) * eps.double()
+        xt = q_sample(x, ab, eps=eps.double())[0]
         eps_hat = model(xt.to(x0.dtype), (i / T).to(x0.dtype)).double()
         x0_hat = eps_to_x0(xt, eps_hat, ab)
         mean_q, var = posterior_mean_var(x, xt, ab, ab_prev)
@@ -147,7 +147,7 @@ def ddpm_terms(
     # L_0: x_1 = √ᾱ_1 x_0 + σ_1 ε, decoder N(μ_θ(x_1, 1), β_1) with μ_θ = (x_1 − β_1/σ_1 ε̂)/√α_1.
     ab1 = ab_all[1]
     eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=torch.float64)
-    x1 = ab1.sqrt() * x + (1.0 - ab1).sqrt() * eps
+    x1 = q_sample(x, ab1, eps=eps)[0]
     eps_hat = model(x1.to(x0.dtype), torch.full((b,), 1.0 / T, device=dev)).double()
     beta1 = 1.0 - ab1
     mean = (x1 - beta1 / (1.0 - ab1).sqrt() * eps_hat) / (1.0 - beta1).sqrt()

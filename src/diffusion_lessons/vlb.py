@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .checks import append_dims, check_choice, check_positive_int, check_step
 from .distributions import kl_standard_normal
+from .forward import q_sample
 from .parameterizations import eps_to_x0
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -125,8 +126,7 @@ def snr_derivative(schedule: LogSNRSchedule, t: Tensor, *, create_graph: bool = 
 def _noised(x0: Tensor, lam: Tensor, eps: Tensor) -> Tensor:
     if eps.shape != x0.shape:
         raise ValueError(f"eps has shape {tuple(eps.shape)} but x0 has shape {tuple(x0.shape)}")
-    ab = append_dims(torch.sigmoid(lam), x0, name="log_snr", x_name="x0").to(x0)
-    return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
+    return q_sample(x0, torch.sigmoid(lam), eps=eps)[0]
 
 
 def _sq_error(x0: Tensor, x0_hat: Tensor) -> Tensor:
