@@ -3,10 +3,12 @@ import torch
 
 from diffusion_lessons.checks import (
     append_dims,
+    as_coefficient,
     check_choice,
     check_positive_int,
     check_step,
     check_time,
+    promote_coefficient,
 )
 
 
@@ -15,10 +17,11 @@ def test_append_dims_broadcasts_per_example_coefficients():
     coef = torch.tensor([1.0, 2.0, 3.0])
     out = append_dims(coef, x)
     assert out.shape == (3, 1, 1, 1)
-    # multiplying scales example k by coef[k], which we check element by element
+    # multiplying scales example k by coef[k], which we check element by element (up to rounding:
+    # a broadcast and a scalar product may run through different kernels)
     y = out * x
     for k in range(3):
-        assert torch.equal(y[k], coef[k] * x[k])
+        torch.testing.assert_close(y[k], coef[k] * x[k])
 
 
 def test_append_dims_keeps_scalars_and_rejects_mismatch():
@@ -31,6 +34,7 @@ def test_append_dims_keeps_scalars_and_rejects_mismatch():
 
 
 def test_check_time_range_and_nan():
+    # bitwise on purpose: check_time returns valid input unchanged, with no arithmetic
     assert torch.equal(check_time(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"t must lie in \[0.0, 1.0\].*1.5"):
         check_time(torch.tensor([0.2, 1.5]))
@@ -51,3 +55,22 @@ def test_check_step_and_choice_and_positive_int():
         check_positive_int(0, name="T")
     with pytest.raises(ValueError):
         check_positive_int(True, name="T")
+
+
+def test_coefficients_keep_every_digit():
+    """A Python float is a double: as_coefficient keeps it float64 (torch.as_tensor would round)."""
+    c = as_coefficient(0.1)
+    assert c.dtype == torch.float64 and c.item() == 0.1  # the same double, exactly
+    assert as_coefficient([1, 2]).dtype == torch.float64
+    assert as_coefficient(torch.tensor([3])).dtype == torch.float64
+    t32 = torch.tensor([0.1])
+    assert as_coefficient(t32) is t32, "a floating tensor is passed through untouched"
+
+
+def test_promote_coefficient_uses_the_wider_dtype():
+    x32, x64 = torch.zeros(2), torch.zeros(2, dtype=torch.float64)
+    c32 = torch.tensor(0.1)
+    assert promote_coefficient(0.1, x32).dtype == torch.float64
+    assert promote_coefficient(c32, x64).dtype == torch.float64
+    assert promote_coefficient(c32, x32).dtype == torch.float32, "float32 with float32 stays"
+    assert promote_coefficient(c32, x64).item() == c32.item(), "widening is exact"

@@ -98,7 +98,7 @@ def test_digits_shapes_range_and_split():
     x_te, y_te = data.load_digits("test")
     x_all, _ = data.load_digits("all")
     assert x_tr.shape[1:] == (1, 8, 8) and len(x_tr) + len(x_te) == len(x_all) == 1797
-    assert x_all.min() == -1.0 and x_all.max() == 1.0
+    assert x_all.min() == -1.0 and x_all.max() == 1.0  # 0/16·2 − 1 and 16/16·2 − 1 are exact
     # the split is a partition: no test image is also a training image (row sets are disjoint)
     rows = lambda x: {tuple(r) for r in x.flatten(1).tolist()}
     assert len(rows(x_tr) & rows(x_te)) <= 5  # the 8×8 set holds a few exact duplicates
@@ -182,7 +182,7 @@ def test_download_verifies_and_caches(mirrors, tmp_path, data_root):
     assert path == tmp_path / "mnist.npz"
     x, y = data.load_mnist("test", root=tmp_path, download=False)
     x_ref, _ = data.load_mnist("test", root=data_root)
-    assert torch.equal(x, x_ref)
+    assert torch.equal(x, x_ref)  # uint8 pixels of the same file: integers, compared exactly
     assert not list(tmp_path.glob("*.part")), "no temporary file is left behind"
 
 

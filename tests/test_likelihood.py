@@ -129,6 +129,76 @@ def test_ddpm_prior_and_reconstruction_terms():
     )
 
 
+class ShiftedDenoiser(OptimalDenoiser):
+    """The optimal ε̂ plus a constant error δ in every pixel."""
+
+    def __init__(self, schedule, delta):
+        super().__init__(schedule)
+        self.delta = delta
+
+    def forward(self, xt, t):
+        return super().forward(xt, t) + self.delta
+
+
+def _nichol_dhariwal_alpha_bar(T, max_beta=0.999):
+    """ᾱ_0..ᾱ_T of the cosine schedule, β_i = min(1 − f(i/T)/f((i−1)/T), 0.999) (improved-diffusion)."""
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    ab = [1.0]
+    for i in range(1, T + 1):
+        ab.append(ab[-1] * (1 - min(1 - f(i / T) / f((i - 1) / T), max_beta)))
+    return ab
+
+
+def test_ddpm_bound_of_the_cosine_schedule_charges_a_small_error_a_small_cost():
+    """A constant error δ in ε̂ moves x̂_0 by σ_i δ/√ᾱ_i, so it adds exactly
+    Σ_{i=2}^T c_i² D σ_i² δ² / (2 β̃_i ᾱ_i) to E[diffusion] on Nichol & Dhariwal's capped grid.
+
+    Before the cap, ᾱ_T was the cosine's ᾱ(1) = 3.7e-33 and the increase was 5e23 nats, not 0.008.
+    """
+    cos = schedules.get_schedule("cosine")
+    T, n, delta = 100, 200, 1e-3
+    x0 = _gaussian_images(n)
+    exact_terms, shifted_terms = (
+        likelihood.ddpm_terms(
+            model, x0, cos, T, n_t=None, generator=torch.Generator().manual_seed(2)
+        )
+        for model in (OptimalDenoiser(cos), ShiftedDenoiser(cos, delta))
+    )
+    diff = shifted_terms["diffusion"] - exact_terms["diffusion"]  # same noise in both runs
+    ab = _nichol_dhariwal_alpha_bar(T)
+    expected = 0.0
+    for i in range(2, T + 1):
+        beta = 1 - ab[i] / ab[i - 1]
+        beta_tilde = (1 - ab[i - 1]) / (1 - ab[i]) * beta
+        c = math.sqrt(ab[i - 1]) * beta / (1 - ab[i])
+        expected += c**2 * D * (1 - ab[i]) * delta**2 / (2 * beta_tilde * ab[i])
+    se = diff.std().item() / math.sqrt(n)
+    assert abs(diff.mean().item() - expected) < 4 * se, (diff.mean().item(), expected, se)
+    # the prior term uses the same capped ᾱ_T (about 2.4e-7 for T = 100)
+    q = torch.distributions.Normal(math.sqrt(ab[T]) * x0.double(), math.sqrt(1 - ab[T]))
+    prior = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0))
+    torch.testing.assert_close(exact_terms["prior"], prior.flatten(1).sum(1), rtol=1e-9, atol=1e-12)
+
+
+def test_continuous_term_keeps_a_float64_model_output():
+    """With float64 data and a float64 model, ‖ε − ε̂‖² is formed in float64: an ε̂ that is off by
+    1e-9 costs −½ λ'(t) D 1e-18. (The old code rounded ε̂ to float32, an error of ~1e-8.)"""
+    sched = schedules.get_schedule("linear_log_snr")
+    x0 = _gaussian_images(4).double()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.tensor([0.1, 0.4, 0.6, 0.9], dtype=torch.float64)
+
+    def model(xt, t_):
+        ab = torch.sigmoid(sched.log_snr(t_))[:, None, None, None]
+        return (xt - ab.sqrt() * x0) / (1 - ab).sqrt() + 1e-9  # the true ε up to rounding, + 1e-9
+
+    est = likelihood.continuous_diffusion_term(model, x0, t, eps, sched)
+    assert est.dtype == torch.float64
+    torch.testing.assert_close(
+        est, torch.full((4,), 0.5 * 18.3 * D * 1e-18, dtype=torch.float64), rtol=1e-3, atol=0
+    )
+
+
 def test_bad_arguments():
     cos = schedules.get_schedule("linear_beta")  # λ(0) = +∞
     x0 = _gaussian_images(2)

@@ -89,11 +89,64 @@ def test_bad_input_is_rejected_with_named_arguments():
         s.alpha_bar(torch.tensor([-0.1, 0.5]))
     with pytest.raises(ValueError, match=r"betas must lie in the open interval \(0, 1\)"):
         schedules.check_betas(torch.tensor([0.1, 1.0]))
-    with pytest.raises(ValueError, match=r"betas must be non-decreasing.*beta_3"):
-        schedules.check_betas(torch.tensor([0.1, 0.2, 0.15]))
+    with pytest.raises(ValueError, match=r"betas must lie in the open interval \(0, 1\)"):
+        schedules.check_betas(torch.tensor([0.1, float("nan")]))
     with pytest.raises(ValueError, match=r"betas must have shape \(T,\)"):
         schedules.check_betas(torch.ones(2, 2) * 0.1)
     with pytest.raises(ValueError, match=r"max_beta must lie in \(0, 1\]"):
         s.discrete_betas(10, max_beta=1.5)
+    with pytest.raises(ValueError, match=r"max_beta must lie in \(0, 1\]"):
+        s.ddpm_alpha_bar(10, max_beta=0.0)
     with pytest.raises(ValueError, match="T must be an integer >= 1"):
         s.discrete_alpha_bar(0)
+
+
+def test_check_betas_requires_only_the_open_unit_interval():
+    """Monotone β is conventional, not required: a decreasing schedule passes unchanged."""
+    betas = torch.tensor([0.1, 0.2, 0.15], dtype=torch.float64)
+    assert schedules.check_betas(betas) is betas
+    assert schedules.check_betas(torch.tensor([1, 1]) * 0.5).dtype == torch.float32
+
+
+def _nichol_dhariwal_alphas_cumprod(T, max_beta=0.999):
+    """improved-diffusion's betas_for_alpha_bar for the cosine schedule, written out in math."""
+    f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    betas = [min(1 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
+    return np.cumprod(1 - np.array(betas))
+
+
+def test_ddpm_grid_of_the_cosine_schedule_is_nichol_dhariwals():
+    """ᾱ_1..ᾱ_T with β capped at 0.999 against the published recipe; the cap acts at the last step
+    only, where it leaves ᾱ_T = 0.001 ᾱ_{T−1} instead of ᾱ(1) = 0 (3.7e-33 after rounding)."""
+    s = schedules.get_schedule("cosine")
+    T = 1000
+    ab = s.ddpm_alpha_bar(T)
+    expected = _nichol_dhariwal_alphas_cumprod(T)
+    assert ab.dtype == torch.float64 and ab.shape == (T + 1,) and ab[0].item() == 1.0
+    np.testing.assert_allclose(ab[1:].numpy(), expected, rtol=1e-11, atol=0)
+    assert ab[T].item() == pytest.approx(0.001 * ab[T - 1].item(), rel=1e-12)
+    assert 2e-9 < ab[T].item() < 3e-9, "about 2.4e-9 (Nichol & Dhariwal's T = 1000)"
+    uncapped = s.ddpm_alpha_bar(T, max_beta=1.0)
+    assert uncapped[T].item() < 1e-30, "without the cap ᾱ_T is only rounding"
+    torch.testing.assert_close(uncapped[:T], ab[:T], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("name", ["linear_beta", "linear_log_snr"])
+def test_ddpm_grid_is_the_schedule_where_no_step_is_capped(name):
+    """ᾱ_0 = 1 and ᾱ_i = ᾱ(i/T): the cap changes nothing when every β_i < 0.999."""
+    s = schedules.get_schedule(name)
+    T = 200
+    ab = s.ddpm_alpha_bar(T)
+    grid = torch.arange(1, T + 1, dtype=torch.float64) / T
+    assert ab[0].item() == 1.0
+    torch.testing.assert_close(ab[1:], s.alpha_bar(grid), rtol=1e-12, atol=0)
+
+
+def test_discrete_betas_are_capped_by_default_so_they_are_valid_betas():
+    cos = schedules.get_schedule("cosine")
+    betas = cos.discrete_betas(1000)
+    assert betas.max().item() == 0.999
+    schedules.check_betas(betas)  # every β in (0, 1)
+    assert cos.discrete_betas(1000, max_beta=1.0)[-1].item() == 1.0, (
+        "uncapped: 1 to double precision"
+    )

@@ -216,6 +216,61 @@ def test_prior_and_reconstruction_terms():
     assert ok, (mean, se)
 
 
+@pytest.mark.parametrize("lam1", [-3.3, torch.tensor(-3.3, dtype=torch.float64)])
+def test_prior_loss_of_float64_data_is_exact_for_a_python_float(lam1):
+    """prior_loss against ½ Σ (ᾱ x² + σ² − 1 − log σ²) in math, to 1e-14 (a few float64 roundings
+    of a term near 0.1). The old code rounded λ = −3.3 to float32 first: off by 5e-9."""
+    x, _ = gaussian_data(5, seed=3)
+    ab = 1 / (1 + math.exp(3.3))
+    expected = [
+        0.5 * sum(ab * v * v + (1 - ab) - 1 - math.log1p(-ab) for v in row) for row in x.tolist()
+    ]
+    got = vlb.prior_loss(x, lam1)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-14)
+
+
+def test_reconstruction_loss_of_float64_data_is_exact_for_a_python_float():
+    """(D/2)(log 2π − λ_0 + 1) with λ_0 = 13.3 in math; the old code was off by 3.8e-7 for D = 4
+    (13.3 rounded to float32 is 13.300000190734863)."""
+    x = torch.zeros(2, 4, dtype=torch.float64)
+    expected = 0.5 * 4 * (math.log(2 * math.pi) - 13.3 + 1.0)
+    got = vlb.gaussian_reconstruction_loss(x, 13.3)
+    assert got.dtype == torch.float64 and got.shape == (2,)
+    assert (got - expected).abs().max().item() < 1e-14
+
+
+def test_endpoint_terms_of_float32_data_follow_the_float64_ones():
+    """Float32 data: float32 results within float32 rounding of the float64 computation (the
+    per-dimension constant σ² − 1 − log σ² is formed in float64 and no longer cancels)."""
+    x, _ = gaussian_data(6, seed=4)
+    for lam1 in (-3.3, -5.0, torch.tensor([-3.3] * 6, dtype=torch.float64)):
+        got = vlb.prior_loss(x.float(), lam1)
+        ref = vlb.prior_loss(x.float().double(), lam1)
+        assert got.dtype == torch.float32
+        # D = 3 squares, their sum, two products, the constant, the final sum: all terms are
+        # positive, so at most 8 float32 roundings of 2^-24 each, relative
+        torch.testing.assert_close(got.double(), ref, rtol=8 * 2**-24, atol=0)
+    # a float32 λ with float32 data stays in float32 (no float64 on the GPU), where the constant
+    # −log σ² − ᾱ ≈ 0.0363 − 0.0356 loses 2 digits: a relative error of ~1e-5 of the term
+    lam32 = torch.tensor([-3.3] * 6)
+    torch.testing.assert_close(
+        vlb.prior_loss(x.float(), lam32).double(), vlb.prior_loss(x, lam32), rtol=1e-5, atol=0
+    )
+    got = vlb.gaussian_reconstruction_loss(x.float(), 13.3)
+    torch.testing.assert_close(
+        got.double(), vlb.gaussian_reconstruction_loss(x, 13.3), rtol=2**-24, atol=0
+    )
+
+
+def test_optimal_denoiser_takes_a_float32_log_snr_exactly_for_float64_data():
+    """sigmoid(λ) of a float32 λ is formed in float64 when z is float64 (it was formed in float32)."""
+    z, _ = gaussian_data(3, seed=5)
+    lam = torch.tensor([0.3, -1.7, 2.9], dtype=torch.float32)
+    got = vlb.gaussian_optimal_x0(V)(z, lam)
+    torch.testing.assert_close(got, exact_denoiser(z, lam.double()), rtol=1e-14, atol=0)
+
+
 def test_bad_input_raises():
     x, gen = gaussian_data(4)
     s = make_schedule("linear")

@@ -10,6 +10,29 @@ import torch
 from torch import Tensor
 
 
+def as_coefficient(value: Tensor | float) -> Tensor:
+    """``value`` as a floating tensor that keeps every digit it was given.
+
+    A Python float is a double, but ``torch.as_tensor(0.1)`` rounds it to float32 (the default
+    dtype), which silently costs float64 data seven digits. Python numbers, lists, arrays and
+    integer tensors therefore become float64; a floating tensor keeps its dtype and device.
+    """
+    if isinstance(value, Tensor):
+        return value if torch.is_floating_point(value) else value.double()
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+def promote_coefficient(coef: Tensor, x: Tensor) -> Tensor:
+    """``coef`` in the promoted dtype of ``coef`` and ``x`` (float64 if either is float64).
+
+    Compute a coefficient (a square root, a sigmoid) in this dtype and cast the result to ``x``
+    once at the end: float64 data then gets float64 coefficients, and float32 data with float32
+    coefficients stays in float32 (no float64 on the GPU, no extra host syncs).
+    """
+    coef = as_coefficient(coef)
+    return coef.to(torch.promote_types(coef.dtype, x.dtype))
+
+
 def append_dims(coef: Tensor, x: Tensor, *, name: str = "t", x_name: str = "x") -> Tensor:
     """Reshape a per-example coefficient ``coef`` so that it broadcasts against ``x``.
 

@@ -53,8 +53,24 @@ def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     return _sum_except_batch(0.5 * (log_var.exp() + mean**2 - 1.0 - log_var))
 
 
-def _std_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+def _log_diff_ndtr(a: Tensor, b: Tensor) -> Tensor:
+    """log(Φ(b) − Φ(a)) for a < b, accurate in both tails and for b − a ≪ 1 or ≫ 1.
+
+    Where a > 0 both CDFs are near 1, so it uses Φ(b) − Φ(a) = Φ(−a) − Φ(−b); then the larger
+    argument hi is ≤ 0 or the bin holds the mode, and log(Φ(hi) − Φ(lo)) = log Φ(hi) +
+    log(1 − e^d) with d = log Φ(lo) − log Φ(hi) ≤ 0, from ``torch.special.log_ndtr`` (accurate
+    far into the lower tail, where Φ itself underflows). log(1 − e^d) is log(−expm1(d)) for
+    d > −log 2 and log1p(−e^d) below (Mächler 2012), so neither a narrow nor a wide bin cancels.
+    """
+    flip = a > 0
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    log_hi = torch.special.log_ndtr(hi)
+    d = torch.special.log_ndtr(lo) - log_hi
+    # both branches are evaluated; clamping keeps the unused one finite (and its gradient zero)
+    near = torch.log(-torch.expm1(torch.clamp(d, max=-torch.finfo(d.dtype).tiny)))
+    far = torch.log1p(-torch.exp(torch.clamp(d, max=-math.log(2.0))))
+    return log_hi + torch.where(d > -math.log(2.0), near, far)
 
 
 def discretized_gaussian_log_prob(
@@ -66,6 +82,10 @@ def discretized_gaussian_log_prob(
     of width 2/(bins − 1) around it, and the two edge bins extend to ∓∞, so the probabilities of
     all ``bins`` values sum to one. ``log_scale`` is log σ. Returns the sum over all but the batch
     axis: ``(B,)``, in nats.
+
+    Each bin's log-probability log(Φ(b) − Φ(a)) is computed from log Φ without forming Φ
+    (:func:`torch.special.log_ndtr`), so it stays exact to rounding however small it is (a narrow
+    decoder far from x) and its gradient stays finite; the edge bins are log Φ(b) and log Φ(−a).
     """
     mean, log_scale = torch.broadcast_tensors(mean, log_scale)
     _check_same_shape(x=x, mean=mean)
@@ -75,16 +95,17 @@ def discretized_gaussian_log_prob(
         )
     half = 1.0 / (bins - 1)
     inv_scale = torch.exp(-log_scale)
-    upper = torch.where(
-        x > 1 - half, torch.ones_like(x), _std_normal_cdf((x + half - mean) * inv_scale)
+    a = (x - half - mean) * inv_scale  # the bin [x − half, x + half], standardized
+    b = (x + half - mean) * inv_scale
+    is_low, is_high = x < -1 + half, x > 1 - half  # the edge bins (−∞, b] and [a, ∞)
+    # interior bins; the edge entries get a harmless finite bin so that no branch makes NaN
+    edge = is_low | is_high
+    inner = _log_diff_ndtr(torch.where(edge, -1.0, a), torch.where(edge, 1.0, b))
+    log_prob = torch.where(
+        is_low,
+        torch.special.log_ndtr(torch.where(is_low, b, 0.0)),
+        torch.where(is_high, torch.special.log_ndtr(torch.where(is_high, -a, 0.0)), inner),
     )
-    lower = torch.where(
-        x < -1 + half, torch.zeros_like(x), _std_normal_cdf((x - half - mean) * inv_scale)
-    )
-    # Far in a tail the difference of two CDFs underflows; fall back to density × bin width there.
-    prob = upper - lower
-    log_density = -0.5 * (LOG_2PI + ((x - mean) * inv_scale) ** 2) - log_scale + math.log(2 * half)
-    log_prob = torch.where(prob > 1e-12, torch.log(prob.clamp_min(1e-12)), log_density)
     return _sum_except_batch(log_prob)
 
 

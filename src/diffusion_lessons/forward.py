@@ -5,6 +5,9 @@
 
 Coefficients (``beta``, ``alpha_bar``) are scalars or have shape ``(B,)`` for a batch
 ``x: (B, ...)``; randomness comes from an optional ``torch.Generator`` or explicit ``eps``.
+Square roots of coefficients are taken in the promoted dtype of coefficient and data (a Python
+float counts as float64) and cast to the data's dtype once, so float64 data is never rounded
+through float32.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .checks import append_dims
+from .checks import append_dims, as_coefficient, promote_coefficient
 from .schedules import check_betas
 
 
-def _check_unit_interval(value: Tensor, *, name: str, open_low: bool) -> Tensor:
-    value = torch.as_tensor(value)
+def _check_unit_interval(value: Tensor | float, *, name: str, open_low: bool) -> Tensor:
+    value = as_coefficient(value)  # a Python float stays a double
     low_bad = (value <= 0) if open_low else (value < 0)
     if value.numel() and (low_bad.any() or (value > 1).any() or torch.isnan(value).any()):
         interval = "(0, 1]" if open_low else "[0, 1]"
@@ -37,8 +40,8 @@ def q_step_mean_std(x_prev: Tensor, beta: Tensor | float) -> tuple[Tensor, Tenso
     (√(1 − β) x_prev, √β), the second broadcastable against ``x_prev``.
     """
     beta = _check_unit_interval(beta, name="beta", open_low=True)
-    beta = append_dims(beta, x_prev, name="beta", x_name="x_prev").to(x_prev)
-    return torch.sqrt(1.0 - beta) * x_prev, torch.sqrt(beta)
+    beta = promote_coefficient(append_dims(beta, x_prev, name="beta", x_name="x_prev"), x_prev)
+    return torch.sqrt(1.0 - beta).to(x_prev) * x_prev, torch.sqrt(beta).to(x_prev)
 
 
 def q_step_sample(
@@ -56,8 +59,8 @@ def q_marginal_mean_std(x0: Tensor, alpha_bar: Tensor | float) -> tuple[Tensor, 
     ``x0: (B, ...)``, ``alpha_bar``: scalar or ``(B,)`` in [0, 1]. Returns (√ᾱ x0, √(1 − ᾱ)).
     """
     alpha_bar = _check_unit_interval(alpha_bar, name="alpha_bar", open_low=False)
-    alpha_bar = append_dims(alpha_bar, x0, name="alpha_bar", x_name="x0").to(x0)
-    return torch.sqrt(alpha_bar) * x0, torch.sqrt(1.0 - alpha_bar)
+    alpha_bar = promote_coefficient(append_dims(alpha_bar, x0, name="alpha_bar", x_name="x0"), x0)
+    return torch.sqrt(alpha_bar).to(x0) * x0, torch.sqrt(1.0 - alpha_bar).to(x0)
 
 
 def q_sample(
@@ -94,6 +97,8 @@ def run_forward_chain(
     """
     betas = check_betas(betas)
     x = x0
+    # .tolist() is one host sync for the whole chain; each Python float holds its beta exactly
+    # (float32 and float64 values alike), and q_step_mean_std keeps it a double.
     for i, beta in enumerate(betas.tolist(), start=1):
         x = q_step_sample(x, beta, generator=generator)
         if callback is not None:

@@ -30,7 +30,7 @@ from .forward import q_sample
 from .losses import prior_kl
 from .parameterizations import eps_to_x0
 from .posterior import posterior_mean_var
-from .schedules import Schedule
+from .schedules import MAX_BETA, Schedule
 from .vlb import log_snr_and_derivative
 
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -51,8 +51,11 @@ def continuous_diffusion_term(
     """
     log_snr = schedule.log_snr(t)
     xt = q_sample(x0, torch.sigmoid(log_snr), eps=eps)[0]
-    eps_hat = model(xt, t).float()
-    return -0.5 * log_snr_and_derivative(schedule, t)[1].to(eps_hat) * _sum((eps - eps_hat) ** 2)
+    eps_hat = model(xt, t)
+    # at least float32 (a half-precision model's output is widened), never less than the data
+    dtype = torch.promote_types(torch.promote_types(eps_hat.dtype, eps.dtype), torch.float32)
+    sq = _sum((eps.to(dtype) - eps_hat.to(dtype)) ** 2)
+    return -0.5 * log_snr_and_derivative(schedule, t)[1].to(sq) * sq
 
 
 def vdm_terms(
@@ -105,12 +108,16 @@ def ddpm_terms(
     *,
     bins: int = 256,
     n_t: int | None = 1,
+    max_beta: float = MAX_BETA,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Discrete-time negative ELBO with T steps (Ho et al. 2020, eq. 5), in nats: each ``(B,)``.
 
-    Step i sits at t_i = i / T with ᾱ_i = ``schedule.alpha_bar(i / T)`` and ᾱ_0 = 1 (step 0 is
-    the data). ``prior`` = KL(q(x_T|x_0) ‖ N(0, I)) (L_T); ``diffusion`` = Σ_{i=2}^T
+    Step i sits at t_i = i / T on the grid ``schedule.ddpm_alpha_bar(T, max_beta)``: ᾱ_0 = 1
+    (step 0 is the data) and ᾱ_i = ᾱ(i / T), except that each step's β_i is capped at
+    ``max_beta`` = 0.999 as in Nichol & Dhariwal (2021). The cap only acts where ᾱ vanishes in one
+    step: without it the cosine schedule's last step has ᾱ_T = ᾱ(1), which is 0 up to rounding
+    (3.7e-33), and its KL weights ‖ε − ε̂‖² by ½ ᾱ_{T−1}/ᾱ_T ≈ 3e26 (T = 1000). ``prior`` = KL(q(x_T|x_0) ‖ N(0, I)) (L_T); ``diffusion`` = Σ_{i=2}^T
     KL(q(x_{i−1}|x_i, x_0) ‖ p_θ(x_{i−1}|x_i)) with p_θ's mean the posterior mean at
     x̂_0 = (x_i − σ_i ε̂)/√ᾱ_i and its variance β̃_i (the L_{1:T−1} terms); summed exactly when
     ``n_t`` is None, else (T − 1) × the mean over ``n_t`` steps i ~ U{2..T} per image;
@@ -121,8 +128,7 @@ def ddpm_terms(
     if T < 2:
         raise ValueError(f"T must be >= 2, got {T}")
     b, dev = x0.shape[0], x0.device
-    ab_all = torch.cat([torch.ones(1, dtype=torch.float64), schedule.discrete_alpha_bar(T)[1:]])
-    ab_all = ab_all.to(dev)
+    ab_all = schedule.ddpm_alpha_bar(T, max_beta).to(dev)
     x = x0.double()
 
     def kl_at(i: Tensor) -> Tensor:  # i: (B,) long in 2..T
@@ -148,7 +154,7 @@ def ddpm_terms(
     ab1 = ab_all[1]
     eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=torch.float64)
     x1 = q_sample(x, ab1, eps=eps)[0]
-    eps_hat = model(x1.to(x0.dtype), torch.full((b,), 1.0 / T, device=dev)).double()
+    eps_hat = model(x1.to(x0.dtype), torch.full((b,), 1.0 / T, device=dev, dtype=x0.dtype)).double()
     beta1 = 1.0 - ab1
     mean = (x1 - beta1 / (1.0 - ab1).sqrt() * eps_hat) / (1.0 - beta1).sqrt()
     log_scale = torch.full_like(mean, 0.5 * torch.log(beta1).item())

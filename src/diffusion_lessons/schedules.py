@@ -13,8 +13,9 @@ Notation (book page ``notation``; the same names in code):
 Every variance-preserving schedule is fixed by its log-SNR, because
 ᾱ_t = sigmoid(λ_t) and σ_t² = sigmoid(−λ_t). A :class:`Schedule` therefore holds one
 function ``t -> λ_t`` on continuous time t ∈ [0, 1], and discrete time with T steps
-reads it at t_i = i / T. DDPM's original discrete schedule is defined by its betas
-(:func:`betas_linear`), and :func:`alpha_bar_from_betas` turns any betas into ᾱ.
+reads it at t_i = i / T (:meth:`Schedule.ddpm_alpha_bar` builds the T-step grid with each β
+capped at 0.999, as Nichol & Dhariwal do). DDPM's original discrete schedule is defined by its
+betas (:func:`betas_linear`), and :func:`alpha_bar_from_betas` turns any betas into ᾱ.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def log_snr_linear_beta(t: Tensor, beta_min: float = 0.1, beta_max: float = 20.0
 def log_snr_cosine(t: Tensor, s: float = 0.008) -> Tensor:
     """λ(t) of the cosine schedule (Nichol & Dhariwal 2021): ᾱ(t) = f(t) / f(0).
 
-    f(t) = cos²(π/2 · (t + s) / (1 + s)). λ(0) = +∞ and ᾱ(1) = 0 (λ(1) = −∞ up to rounding).
+    f(t) = cos²(π/2 · (t + s) / (1 + s)). λ(0) = +∞ and ᾱ(1) = 0, so λ(1) = −∞; in float64
+    cos(π/2) rounds to 6e-17, and the value returned at t = 1 (about −74.7) is that rounding, not a
+    property of the schedule. Nichol & Dhariwal cap the discrete β_i at 0.999 to keep the last
+    step finite (:meth:`Schedule.ddpm_alpha_bar`).
     """
     u = (t + s) / (1 + s) * (math.pi / 2)
     u0 = s / (1 + s) * (math.pi / 2)
@@ -68,6 +72,9 @@ def log_snr_linear(t: Tensor, log_snr_max: float = 13.3, log_snr_min: float = -5
 
 # ---------------------------------------------------------------------------------------------
 # A schedule as one object: λ(t) and everything derived from it.
+
+MAX_BETA = 0.999
+"""Nichol & Dhariwal's (2021) cap on a discrete β_i, used by :meth:`Schedule.ddpm_alpha_bar`."""
 
 
 class FromLogSNR:
@@ -114,18 +121,40 @@ class Schedule(FromLogSNR):
         grid = torch.arange(T + 1, dtype=torch.float64) / T
         return self.alpha_bar(grid)
 
-    def discrete_betas(self, T: int, max_beta: float = 1.0) -> Tensor:
-        """β_i = 1 − ᾱ(i/T) / ᾱ((i−1)/T) for i = 1..T: shape ``(T,)``, float64.
+    def discrete_betas(self, T: int, max_beta: float = MAX_BETA) -> Tensor:
+        """β_i = min(1 − ᾱ(i/T) / ᾱ((i−1)/T), ``max_beta``) for i = 1..T: shape ``(T,)``, float64.
 
-        ``max_beta`` < 1 caps each β_i, as Nichol & Dhariwal (2021) do with 0.999 for the cosine
-        schedule, whose last step would otherwise have β_T = 1. The cap is never applied unless
-        you ask for it.
+        The cap (default 0.999, Nichol & Dhariwal 2021) only acts where ᾱ nearly vanishes in one
+        step, as at the cosine schedule's last step (β_T = 1 to double precision); it keeps every
+        β_i < 1, so the result passes :func:`check_betas`. ``max_beta=1`` turns it off.
         """
-        if not 0.0 < max_beta <= 1.0:
-            raise ValueError(f"max_beta must lie in (0, 1], got {max_beta!r}")
-        ab = self.discrete_alpha_bar(T)
-        betas = 1.0 - ab[1:] / ab[:-1]
-        return torch.clamp(betas, max=max_beta) if max_beta < 1.0 else betas
+        return _capped_betas(self.discrete_alpha_bar(T), max_beta)
+
+    def ddpm_alpha_bar(self, T: int, max_beta: float = MAX_BETA) -> Tensor:
+        """ᾱ_0..ᾱ_T of a T-step discrete chain read off this schedule: ``(T + 1,)``, float64.
+
+        ᾱ_0 = 1 (step 0 is the data itself), β_i = min(1 − ᾱ(t_i)/ᾱ(t_{i−1}), ``max_beta``) with
+        t_i = i/T and ᾱ(t_0) replaced by 1, and ᾱ_i = ∏_{s≤i} (1 − β_s). Without a cap this is
+        ᾱ_i = ᾱ(i/T) up to rounding. The default cap 0.999 is Nichol & Dhariwal's (2021, §3.2;
+        diffusers' ``betas_for_alpha_bar`` does the same): for the cosine schedule, whose
+        ᾱ(1) is 0, it gives ᾱ_T = 0.001 ᾱ_{T−1} (2.4e-9 for T = 1000) instead of a ᾱ_T that
+        is only rounding (3.7e-33), through which x̂_0 = (x_T − σ_T ε̂)/√ᾱ_T would blow up any
+        error in ε̂. This is the grid :func:`~diffusion_lessons.likelihood.ddpm_terms` uses.
+        """
+        ab = self.discrete_alpha_bar(T).clone()
+        ab[0] = 1.0
+        betas = _capped_betas(ab, max_beta)
+        return torch.cat([ab[:1], torch.cumprod(1.0 - betas, dim=0)])
+
+
+def _capped_betas(alpha_bar: Tensor, max_beta: float) -> Tensor:
+    """β_i = min(1 − ᾱ_i / ᾱ_{i−1}, max_beta) from ᾱ on a grid ``(T + 1,)``: ``(T,)``."""
+    if isinstance(max_beta, bool) or not isinstance(max_beta, (int, float)):
+        raise ValueError(f"max_beta must be a number in (0, 1], got {max_beta!r}")
+    if not 0.0 < max_beta <= 1.0:
+        raise ValueError(f"max_beta must lie in (0, 1], got {max_beta!r}")
+    betas = 1.0 - alpha_bar[1:] / alpha_bar[:-1]
+    return torch.clamp(betas, max=max_beta) if max_beta < 1.0 else betas
 
 
 SCHEDULES: dict[str, Callable[..., Tensor]] = {
@@ -162,22 +191,21 @@ def betas_linear(T: int = 1000, beta_1: float = 1e-4, beta_T: float = 0.02) -> T
 
 
 def check_betas(betas: Tensor) -> Tensor:
-    """Return ``betas`` (shape ``(T,)``) after checking 0 < β_i < 1 and β_1 ≤ β_2 ≤ … ≤ β_T."""
+    """Return ``betas`` (shape ``(T,)``, as a floating tensor) after checking 0 < β_i < 1.
+
+    That is all the forward process needs. Published schedules have β_1 ≤ β_2 ≤ … ≤ β_T, but
+    that is a convention, not a requirement (the discretized betas of a learned schedule need not
+    be monotone), so it is not checked.
+    """
     betas = torch.as_tensor(betas)
     if betas.ndim != 1 or betas.numel() == 0:
         raise ValueError(f"betas must have shape (T,) with T >= 1, got shape {tuple(betas.shape)}")
     if not torch.is_floating_point(betas):
         betas = betas.double()
-    if (betas <= 0).any() or (betas >= 1).any():
+    if not ((betas > 0) & (betas < 1)).all():  # also catches NaN
         raise ValueError(
             "betas must lie in the open interval (0, 1), got values from "
             f"{betas.min().item():.6g} to {betas.max().item():.6g}"
-        )
-    if (betas[1:] < betas[:-1]).any():
-        i = int(torch.nonzero(betas[1:] < betas[:-1])[0]) + 1
-        raise ValueError(
-            f"betas must be non-decreasing (beta_1 <= beta_2 <= ...), but beta_{i + 1} = "
-            f"{betas[i].item():.6g} < beta_{i} = {betas[i - 1].item():.6g}"
         )
     return betas
 

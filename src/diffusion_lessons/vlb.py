@@ -26,8 +26,14 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .checks import append_dims, check_choice, check_positive_int, check_step
-from .distributions import kl_standard_normal
+from .checks import (
+    append_dims,
+    as_coefficient,
+    check_choice,
+    check_positive_int,
+    check_step,
+    promote_coefficient,
+)
 from .forward import q_sample
 from .parameterizations import eps_to_x0
 
@@ -236,23 +242,31 @@ def batch_mean_estimates(
 # The two endpoint terms, so that the whole bound is −log p(x) ≤ prior + reconstruction + L
 
 
-def prior_loss(x0: Tensor, log_snr_1: Tensor) -> Tensor:
-    """KL(q(z_1 | x) ‖ N(0, I)) with q(z_1 | x) = N(√ᾱ_1 x, σ_1² I): ``(B,)`` (a term of ``eq-vlb-total``)."""
-    lam = append_dims(torch.as_tensor(log_snr_1), x0, name="log_snr_1", x_name="x0").to(x0)
-    mean = torch.sigmoid(lam).sqrt() * x0
-    log_var = torch.nn.functional.logsigmoid(-lam).expand_as(x0)
-    return kl_standard_normal(mean, log_var)
+def prior_loss(x0: Tensor, log_snr_1: Tensor | float) -> Tensor:
+    """KL(q(z_1 | x) ‖ N(0, I)) with q(z_1 | x) = N(√ᾱ_1 x, σ_1² I): ``(B,)`` (a term of ``eq-vlb-total``).
+
+    Per dimension ½ (ᾱ_1 x² + σ_1² − 1 − log σ_1²) = ½ ᾱ_1 x² + ½ (−log σ_1² − ᾱ_1). The
+    coefficients come from λ_1 in the promoted dtype of λ_1 and x0 (float64 for a Python float),
+    then are cast to x0's dtype once, so σ² − 1 − log σ² does not cancel in float32.
+    """
+    lam = append_dims(as_coefficient(log_snr_1), x0, name="log_snr_1", x_name="x0")
+    lam = promote_coefficient(lam, x0)
+    ab = torch.sigmoid(lam)
+    per_dim_const = 0.5 * (-torch.nn.functional.logsigmoid(-lam) - ab)  # ½ (σ² − 1 − log σ²)
+    sq = (x0**2).reshape(x0.shape[0], -1).sum(1)
+    d = x0[0].numel()
+    return 0.5 * ab.to(x0).reshape(-1) * sq + (d * per_dim_const).to(x0).reshape(-1)
 
 
-def gaussian_reconstruction_loss(x0: Tensor, log_snr_0: Tensor) -> Tensor:
+def gaussian_reconstruction_loss(x0: Tensor, log_snr_0: Tensor | float) -> Tensor:
     """E_ε[−log p(x | z_0)] for the decoder p(x | z_0) = N(x; z_0/√ᾱ_0, e^{−λ_0} I): ``(B,)``.
 
     z_0/√ᾱ_0 − x = e^{−λ_0/2} ε, so the expectation is (D/2)(log 2π − λ_0 + 1) exactly
     (a term of ``eq-vlb-total``). It falls as λ_0 grows, while L_∞ grows: the two balance.
     """
     d = x0[0].numel()
-    lam = torch.as_tensor(log_snr_0).to(x0)
-    return (0.5 * d * (math.log(2 * math.pi) - lam + 1.0)).expand(x0.shape[0])
+    lam = promote_coefficient(log_snr_0, x0)  # a Python float stays a double
+    return (0.5 * d * (math.log(2 * math.pi) - lam + 1.0)).to(x0).expand(x0.shape[0])
 
 
 def negative_elbo(
@@ -280,7 +294,7 @@ def x0_from_eps_model(model: nn.Module, *, dtype: torch.dtype | None = None) -> 
     def x0_hat(z: Tensor, lam: Tensor) -> Tensor:
         p = next(model.parameters())
         eps_hat = model(z.to(p.dtype), lam.to(p.dtype)).to(z.dtype if dtype is None else dtype)
-        return eps_to_x0(z, eps_hat, torch.sigmoid(lam).to(z.dtype))
+        return eps_to_x0(z, eps_hat, torch.sigmoid(promote_coefficient(lam, z)))
 
     return x0_hat
 
@@ -289,8 +303,9 @@ def gaussian_optimal_x0(data_var: float) -> Denoiser:
     """The exact E[x | z_t] for data x ∼ N(0, v I): x̂ = √ᾱ v z / (ᾱ v + σ²)."""
 
     def x0_hat(z: Tensor, lam: Tensor) -> Tensor:
-        ab = append_dims(torch.sigmoid(lam), z, name="log_snr", x_name="z").to(z)
-        return ab.sqrt() * data_var * z / (ab * data_var + 1.0 - ab)
+        lam = promote_coefficient(append_dims(lam, z, name="log_snr", x_name="z"), z)
+        ab = torch.sigmoid(lam)
+        return (ab.sqrt() * data_var / (ab * data_var + 1.0 - ab)).to(z) * z
 
     return x0_hat
 
