@@ -11,6 +11,11 @@ Book: chapters "The diffusion ELBO" and "Three equivalent objectives". With T st
 - denoising_t       KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t))
                     = ½ (SNR(t−1) − SNR(t)) ‖x̂_θ(x_t, t) − x_0‖²             (label ``eq-denoising-snr``)
 
+For checking the regrouping itself, :func:`gaussian_chain_elbo_terms` gives every term of the
+Markovian ELBO of a 1-D linear-Gaussian chain in closed form, in the three-variable consistency form
+(label ``eq-elbo-consistency``) and in Luo (2022) eq. 45's KL form (``eq-luo-consistency``), which
+is not the ELBO.
+
 A model is any callable ``model(x_t, t)`` with ``x_t: (B, ...)`` and continuous time
 ``t = i / T: (B,)``, whose output means x_0, ε or the score, as ``parameterization`` says.
 All terms are per example, shape ``(B,)``, in nats.
@@ -233,3 +238,87 @@ def l_simple(
 ) -> Tensor:
     """DDPM's L_simple = E_{t, x_0, ε} ‖ε − ε̂_θ(x_t, t)‖² (Ho et al. 2020, eq. 14; weighting in ``eq-implied-weights``)."""
     return denoising_loss(model, x0, generator, alpha_bar=alpha_bar, parameterization="eps")
+
+
+def gaussian_chain_elbo_terms(
+    x0: float, alpha_bar: Tensor, reverse: Tensor | list[list[float]]
+) -> dict[str, Tensor]:
+    """Exact terms of the Markovian ELBO of one 1-D data point, in both regroupings (``eq-elbo-consistency``).
+
+    The encoder is the forward chain q(x_t | x_{t-1}) = N(√α_t x_{t-1}, 1 − α_t) on the grid
+    ``alpha_bar: (T + 1,)`` with ᾱ_0 = 1 (T ≥ 2); the decoder is p(x_T) = N(0, 1) and linear
+    Gaussian steps p_θ(x_{t-1} | x_t) = N(k_t x_t + m_t, s_t²), given as the rows
+    ``reverse[t - 1] = (k_t, m_t, s_t²)`` of ``reverse: (T, 3)``. Given x_0 the chain is jointly
+    Gaussian with E x_t = √ᾱ_t x_0 and Cov(x_s, x_t) = √(ᾱ_t / ᾱ_s) (1 − ᾱ_s) for s ≤ t, so
+    every term is a second moment. Returns float64 scalars, in nats:
+
+    - ``reconstruction``  E_{q(x_1 | x_0)} log p_θ(x_0 | x_1)
+    - ``prior``           E_{q(x_{T-1} | x_0)} KL(q(x_T | x_{T-1}) ‖ p(x_T))
+    - ``consistency``     ``(T − 1,)``, t = 1..T−1: the three-variable terms
+                          E_{q(x_{t-1}, x_t, x_{t+1} | x_0)}[log q(x_t | x_{t-1}) − log p_θ(x_t | x_{t+1})]
+    - ``consistency_kl``  ``(T − 1,)``: Luo (2022) eq. 45's form of the same terms,
+                          E_{q(x_{t-1}, x_{t+1} | x_0)} KL(q(x_t | x_{t-1}) ‖ p_θ(x_t | x_{t+1}))
+    - ``elbo``            reconstruction − prior − Σ consistency: the ELBO (``eq-diffusion-elbo-raw``)
+    - ``elbo_kl_form``    reconstruction − prior − Σ consistency_kl: Luo's right-hand side
+
+    The KL form draws x_t from q(x_t | x_{t-1}) independently of x_{t+1}; under q, x_{t+1} is drawn
+    from x_t, so the two forms differ by the dropped covariance:
+    consistency_kl − consistency = k_{t+1} √α_{t+1} (1 − α_t) / s_{t+1}² (label ``eq-luo-gap``).
+    """
+    ab = check_alpha_bar_grid(alpha_bar)
+    T = len(ab) - 1
+    if T < 2:
+        raise ValueError(f"alpha_bar must have shape (T + 1,) with T >= 2, got {tuple(ab.shape)}")
+    if ab[0].item() != 1.0:
+        raise ValueError(f"alpha_bar[0] must be 1 (x_0 is the data), got {ab[0].item()!r}")
+    x0 = float(x0)
+    if not math.isfinite(x0):
+        raise ValueError(f"x0 must be a finite number, got {x0!r}")
+    rev = torch.as_tensor(reverse, dtype=torch.float64)
+    if rev.shape != (T, 3):
+        raise ValueError(
+            f"reverse must have shape (T, 3) = ({T}, 3), rows (k_t, m_t, s_t²), "
+            f"got {tuple(rev.shape)}"
+        )
+    if not torch.isfinite(rev).all() or (rev[:, 2] <= 0).any():
+        raise ValueError("reverse must be finite, with variances s_t² = reverse[:, 2] > 0")
+    k, m, s2 = rev.unbind(1)  # k[t - 1] = k_t, ...
+    alpha = ab[1:] / ab[:-1]  # alpha[t - 1] = α_t
+    mu = ab.sqrt() * x0  # (T + 1,)
+    var = 1 - ab
+    idx = torch.arange(T + 1)
+    lo, hi = torch.minimum(idx[:, None], idx[None]), torch.maximum(idx[:, None], idx[None])
+    cov = (ab[hi] / ab[lo]).sqrt() * var[lo]  # (T + 1, T + 1); row and column 0 are zero
+
+    def second_moment(w: Tensor, c: Tensor | float) -> Tensor:
+        """E[(w · x_{0:T} + c)²] under q(x_{1:T} | x_0)."""
+        return (w @ mu + c) ** 2 + w @ cov @ w
+
+    def unit(t: int) -> Tensor:
+        return torch.eye(T + 1, dtype=torch.float64)[t]
+
+    def expected_log_normal(residual_sq: Tensor, variance: Tensor) -> Tensor:
+        return -0.5 * (math.log(2 * math.pi) + variance.log()) - residual_sq / (2 * variance)
+
+    recon = expected_log_normal(second_moment(-k[0] * unit(1), x0 - m[0]), s2[0])
+    beta_T = 1 - alpha[T - 1]
+    log_q_T = -0.5 * (math.log(2 * math.pi) + beta_T.log()) - 0.5
+    prior = log_q_T + 0.5 * math.log(2 * math.pi) + 0.5 * (mu[T] ** 2 + var[T])
+    consistency, consistency_kl = [], []
+    for t in range(1, T):
+        beta_t = 1 - alpha[t - 1]
+        kk, mm, vv = k[t], m[t], s2[t]  # the step p_θ(x_t | x_{t+1})
+        log_q = -0.5 * (math.log(2 * math.pi) + beta_t.log()) - 0.5
+        log_p = expected_log_normal(second_moment(unit(t) - kk * unit(t + 1), -mm), vv)
+        consistency.append(log_q - log_p)
+        mean_gap_sq = second_moment(alpha[t - 1].sqrt() * unit(t - 1) - kk * unit(t + 1), -mm)
+        consistency_kl.append(0.5 * ((vv / beta_t).log() + (beta_t + mean_gap_sq) / vv - 1))
+    consistency, consistency_kl = torch.stack(consistency), torch.stack(consistency_kl)
+    return {
+        "reconstruction": recon,
+        "prior": prior,
+        "consistency": consistency,
+        "consistency_kl": consistency_kl,
+        "elbo": recon - prior - consistency.sum(),
+        "elbo_kl_form": recon - prior - consistency_kl.sum(),
+    }
