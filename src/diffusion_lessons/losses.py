@@ -34,6 +34,7 @@ from .checks import append_dims, check_choice, check_step
 from .forward import q_sample
 from .parameterizations import PARAMETERIZATIONS, convert
 from .posterior import posterior_mean_var
+from .vlb import prior_loss
 
 Model = Callable[[Tensor, Tensor], Tensor]
 
@@ -64,9 +65,11 @@ def predict_x0(
 def prior_kl(x0: Tensor, alpha_bar_T: Tensor | float) -> Tensor:
     """KL(q(x_T | x_0) ‖ N(0, I)), the prior term of ``eq-diffusion-elbo``: ``x0: (B, ...)`` → ``(B,)``."""
     ab = torch.as_tensor(alpha_bar_T, dtype=torch.float64)
-    mean = ab.sqrt().to(x0) * x0
-    log_var = torch.log1p(-ab).to(x0).expand_as(x0)
-    return distributions.kl_standard_normal(mean, log_var)
+    if ab.numel() and ((ab < 0).any() or (ab >= 1).any()):
+        raise ValueError(f"alpha_bar_T must lie in [0, 1), got {ab.min().item():.6g}")
+    # The same KL in log-SNR form, computed once (vlb.prior_loss): its per-dimension constant
+    # ½(σ² − 1 − log σ²) is formed without cancellation, even for float32 data.
+    return prior_loss(x0, torch.log(ab) - torch.log1p(-ab))
 
 
 def reconstruction_nll(

@@ -10,16 +10,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .checks import append_dims, check_choice
+from .checks import append_dims, as_coefficient, check_choice, promote_coefficient
 
 PARAMETERIZATIONS = ("x0", "eps", "score")
 
 
 def _coefs(alpha_bar: Tensor | float, xt: Tensor) -> tuple[Tensor, Tensor]:
-    if not isinstance(alpha_bar, Tensor):  # a Python float: keep its precision
-        alpha_bar = torch.tensor(alpha_bar, dtype=torch.float64)
-    ab = append_dims(alpha_bar, xt, name="alpha_bar", x_name="xt").to(xt)
-    return ab.sqrt(), (1.0 - ab).sqrt()
+    # Square roots in the wider of the coefficient's and the data's dtype, cast once at the end:
+    # float64 data never gets float32-rounded coefficients (a Python float stays a double).
+    ab = append_dims(as_coefficient(alpha_bar), xt, name="alpha_bar", x_name="xt")
+    ab = promote_coefficient(ab, xt)
+    return ab.sqrt().to(xt), (1.0 - ab).sqrt().to(xt)
 
 
 def eps_to_x0(xt: Tensor, eps: Tensor, alpha_bar: Tensor | float) -> Tensor:
@@ -100,10 +101,11 @@ class SkipX0(torch.nn.Module):
         if ab.ndim != 1 or ab.numel() < 2:
             raise ValueError(f"alpha_bar must have shape (T + 1,), got {tuple(ab.shape)}")
         self.net = net
-        self.register_buffer("alpha_bar", ab.float(), persistent=False)
+        # Kept in float64: the coefficients are formed in the promoted dtype and cast to x_t.
+        self.register_buffer("alpha_bar", ab, persistent=False)
 
     def forward(self, xt: Tensor, t: Tensor) -> Tensor:
         T = len(self.alpha_bar) - 1
         i = torch.round(t * T).long().clamp(0, T)
-        ab = append_dims(self.alpha_bar[i], xt, name="t", x_name="xt")
-        return ab.sqrt() * xt + (1 - ab).sqrt() * self.net(xt, t)
+        ab = promote_coefficient(append_dims(self.alpha_bar[i], xt, name="t", x_name="xt"), xt)
+        return ab.sqrt().to(xt) * xt + (1 - ab).sqrt().to(xt) * self.net(xt, t)
