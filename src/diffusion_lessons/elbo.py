@@ -116,7 +116,9 @@ def linear_gaussian_log_weights(
 def iwae_bound(log_weights: Tensor) -> Tensor:
     """Importance-weighted bound log (1/K) Σ_k w_k (``eq-iwae``): ``log_weights: (K, B)`` → ``(B,)``.
 
-    K = 1 gives the ELBO; the bound increases with K towards log p(x) (Burda et al. 2016).
+    K = 1 gives the ELBO and every L_K ≤ log p(x) (Jensen). In expectation L_K does not decrease
+    with K (Burda et al. 2016, Theorem 1: average over random subsets, then Jensen), and it tends
+    to log p(x) as K → ∞ when the weights p(x, z)/q(z | x) are bounded.
     """
     if log_weights.ndim != 2:
         raise ValueError(f"log_weights must have shape (K, B), got {tuple(log_weights.shape)}")

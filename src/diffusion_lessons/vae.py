@@ -18,8 +18,14 @@ from torch import Tensor, nn
 
 from . import data
 from .checks import check_choice, check_positive_int
-from .distributions import discretized_gaussian_log_prob, gaussian_log_prob, kl_standard_normal
+from .distributions import (
+    LOG_2PI,
+    discretized_gaussian_log_prob,
+    gaussian_log_prob,
+    kl_standard_normal,
+)
 from .elbo import iwae_bound
+from .schedules import alpha_bar_from_betas, check_betas
 
 SETTINGS = {
     "small": {
@@ -179,6 +185,61 @@ def kl_per_dimension(mean: Tensor, log_var: Tensor) -> Tensor:
     return kl_standard_normal(mean.reshape(-1, 1), log_var.reshape(-1, 1)).reshape(mean.shape)
 
 
+def _log_q_pairs(z: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z_r; mean_n, diag e^{log_var_n}) for every pair: ``z: (R, k)``, ``mean: (M, k)`` → ``(R, M)``."""
+    diff = z[:, None] - mean[None]  # (R, M, k)
+    return -0.5 * (LOG_2PI + log_var[None] + diff**2 / log_var.exp()[None]).sum(-1)
+
+
+@torch.no_grad()
+def rate_decomposition(
+    mean: Tensor,
+    log_var: Tensor,
+    *,
+    num_samples: int = 20,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Split the rate of a diagonal-Gaussian encoder on M data points into information and mismatch.
+
+    ``mean``, ``log_var``: ``(M, k)``, the encoder's q(z | x_m) for data points x_1..x_M. With x
+    uniform on those points and the aggregate posterior q(z) = (1/M) Σ_m q(z | x_m),
+
+        rate = E_x KL(q(z | x) ‖ N(0, I)) = I_q(x; z) + KL(q(z) ‖ N(0, I))
+
+    (Hoffman & Johnson 2016), so the rate is an upper bound on the mutual information, which is
+    itself at most log M. Returns 0-dim tensors: ``rate`` (closed form), Monte Carlo estimates
+    ``mutual_information`` and ``marginal_kl`` from ``num_samples`` draws z ~ q(z | x_m) per point,
+    and their standard errors ``mutual_information_se``, ``marginal_kl_se``.
+    """
+    check_positive_int(num_samples, name="num_samples")
+    if mean.ndim != 2 or mean.shape != log_var.shape:
+        raise ValueError(
+            "mean and log_var must both have shape (M, k), got "
+            f"{tuple(mean.shape)} and {tuple(log_var.shape)}"
+        )
+    m = mean.shape[0]
+    info, mismatch = [], []
+    for _ in range(num_samples):
+        z = reparameterize(mean, log_var, generator)  # (M, k): one z per data point
+        log_q_cond = gaussian_log_prob(z, mean, log_var)  # log q(z_m | x_m): (M,)
+        # log q(z_m) = log (1/M) Σ_n q(z_m | x_n), a block of rows at a time to bound memory
+        rows = max(1, 2**22 // (m * mean.shape[1]))
+        blocks = [_log_q_pairs(zb, mean, log_var) for zb in z.split(rows)]
+        log_q_agg = torch.logsumexp(torch.cat(blocks), 1) - math.log(m)
+        log_prior = -0.5 * (LOG_2PI + z**2).sum(-1)
+        info.append(log_q_cond - log_q_agg)
+        mismatch.append(log_q_agg - log_prior)
+    info, mismatch = torch.cat(info), torch.cat(mismatch)
+    n = info.numel()
+    return {
+        "rate": kl_standard_normal(mean, log_var).mean(),
+        "mutual_information": info.mean(),
+        "mutual_information_se": info.std() / math.sqrt(n),
+        "marginal_kl": mismatch.mean(),
+        "marginal_kl_se": mismatch.std() / math.sqrt(n),
+    }
+
+
 def elbo_terms(
     model: VAE, x: Tensor, generator: torch.Generator | None = None
 ) -> dict[str, Tensor]:
@@ -208,6 +269,21 @@ def vae_log_weights(
 
 
 # --- the Markovian hierarchical VAE ---
+
+
+class LinearGaussian(nn.Module):
+    """A fixed conditional N(scale · h + shift, e^{log_var} I) with the interface of :class:`GaussianMLP`.
+
+    ``h: (B, k) → (mean, log_var)``, each ``(B, k)``. No parameters are learned: it builds toy
+    hierarchies whose ELBO terms are known in closed form (chapter 2's counterexample).
+    """
+
+    def __init__(self, scale: float, log_var: float, shift: float = 0.0):
+        super().__init__()
+        self.scale, self.log_var, self.shift = float(scale), float(log_var), float(shift)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.scale * h + self.shift, torch.full_like(h, self.log_var)
 
 
 class HierarchicalVAE(nn.Module):
@@ -256,10 +332,15 @@ def hvae_elbo_terms(
 ) -> dict:
     """One-sample ELBO of the Markovian HVAE split into terms (``eq-hvae-elbo``).
 
-    Returns ``reconstruction`` log p(x | z_1) ``(B,)``; ``level_kl``, a list over levels t = 1..T of
-    ``(B,)``: log q(z_t | z_{t−1}) − log p(z_t | z_{t+1}) for t < T (a one-sample estimate of that
-    level's KL) and the closed-form KL(q(z_T | z_{T−1}) ‖ N(0, I)) for t = T; ``level_kl_per_dim``,
-    the same split by dimension, ``(B, k_t)``; and ``elbo`` = reconstruction − Σ_t level_kl.
+    Returns ``reconstruction`` log p(x | z_1) ``(B,)``; ``level_terms``, a list over levels
+    t = 1..T of ``(B,)``; ``level_terms_per_dim``, the same split by dimension, ``(B, k_t)``; and
+    ``elbo`` = reconstruction − Σ_t level_terms.
+
+    For t = T the level term is the closed-form KL(q(z_T | z_{T−1}) ‖ N(0, I)) at the sampled
+    z_{T−1}, an unbiased estimate of an expected KL. For t < T it is the sampled
+    log q(z_t | z_{t−1}) − log p(z_t | z_{t+1}), whose expectation is *not* a KL divergence: z_{t+1}
+    is drawn from z_t, so it can be negative. Only the top term and the sum of all level terms,
+    KL(q(z_{1:T} | x) ‖ p(z_{1:T})), are KL divergences.
     """
     params, zs, h = [], [], x
     for enc in model.encoders:
@@ -276,13 +357,13 @@ def hvae_elbo_terms(
         log_p = gaussian_log_prob(flat[0], p_mean.reshape(-1, 1), p_log_var.reshape(-1, 1))
         per_dim.append((log_q - log_p).reshape(flat[1]))
     per_dim.append(kl_per_dimension(*params[-1]))
-    level_kl = [d.sum(1) for d in per_dim]
+    level_terms = [d.sum(1) for d in per_dim]
     rec = model.decoder.log_prob(x, zs[0])
     return {
         "reconstruction": rec,
-        "level_kl": level_kl,
-        "level_kl_per_dim": per_dim,
-        "elbo": rec - sum(level_kl),
+        "level_terms": level_terms,
+        "level_terms_per_dim": per_dim,
+        "elbo": rec - sum(level_terms),
     }
 
 
@@ -291,6 +372,26 @@ def hvae_loss(
 ) -> Tensor:
     """Negative HVAE ELBO, averaged over the minibatch (for :func:`train.fit`)."""
     return -hvae_elbo_terms(model, batch[0], generator)["elbo"].mean()
+
+
+def diffusion_top_term(x0: Tensor, betas: Tensor) -> Tensor:
+    """Top-level term of ``eq-hvae-elbo`` when the encoder is the forward process → ``(B,)``.
+
+    E_{q(x_{T−1} | x_0)} KL(q(x_T | x_{T−1}) ‖ N(0, I)) with q(x_t | x_{t−1}) =
+    N(√α_t x_{t−1}, β_t I), in closed form: per dimension
+    ½ [β_T + α_T E[x_{T−1}² | x_0] − 1 − log β_T] with E[x_{T−1}² | x_0] = ᾱ_{T−1} x_0² + 1 − ᾱ_{T−1}.
+    ``x0: (B, ...)``, ``betas``: β_1..β_T, shape ``(T,)``. This one-step term stays large (about
+    −½ log β_T per dimension); it is *not* the prior term KL(q(x_T | x_0) ‖ N(0, I)) of the
+    re-conditioned ELBO (:func:`diffusion_lessons.vlb.prior_loss`), which the schedule makes small.
+    """
+    betas = check_betas(betas).double()
+    if x0.ndim < 1:
+        raise ValueError("x0 must have shape (B, ...), got a 0-dim tensor")
+    abar_prev = alpha_bar_from_betas(betas)[-2]  # ᾱ_{T−1} (ᾱ_0 = 1 when T = 1)
+    beta_t = betas[-1]
+    ex2 = abar_prev * x0.double() ** 2 + (1.0 - abar_prev)  # E[x_{T−1}² | x_0]
+    per_dim = 0.5 * (beta_t + (1.0 - beta_t) * ex2 - 1.0 - torch.log(beta_t))
+    return per_dim.flatten(1).sum(1).to(x0.dtype) if x0.ndim > 1 else per_dim.to(x0.dtype)
 
 
 def hvae_log_weights(
