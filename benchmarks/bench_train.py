@@ -1,12 +1,14 @@
 """Training throughput and model-FLOPs utilisation (MFU) of the U-Nets, fast path vs plain loop.
 
 For (a) the book's MNIST U-Net at 28×28 and (b) DDPM's 35.7M-parameter CIFAR-10 U-Net at 32×32,
-on random data, it times training steps (ε-prediction loss, backward, gradient clipping,
-AdamW) in two ways over the same model:
+on random data, it times the engine's own step, :func:`diffusion_lessons.engine.train_step`
+(learning rate, ε-prediction loss, backward, gradient clipping, AdamW, EMA update), in two
+set-ups of the same model:
 
-- ``fast``:  what :func:`diffusion_lessons.engine.train` does on CUDA: bf16 autocast,
+- ``fast``:  the engine's set-up (:func:`~diffusion_lessons.engine.build_state`,
+  :func:`~diffusion_lessons.engine.make_loss_fn`), which on CUDA means bf16 autocast,
   channels_last, ``torch.compile``, fused AdamW (and TF32 for what stays in fp32);
-- ``plain``: a fp32 eager loop with the default AdamW, contiguous tensors, TF32 matmuls off.
+- ``plain``: fp32 eager with the default AdamW, contiguous tensors, TF32 matmuls off.
 
 FLOPs of one forward + backward pass are counted with ``torch.utils.flop_counter.FlopCounterMode``
 (matmuls and convolutions, the usual MFU convention); MFU = FLOPs per step × steps per second /
@@ -19,7 +21,8 @@ FLOPs of one forward + backward pass are counted with ``torch.utils.flop_counter
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -85,52 +88,92 @@ def _sync(dev: torch.device) -> None:
 
 def step_flops(model: nn.Module, x0: torch.Tensor, t: torch.Tensor) -> int:
     """FLOPs of one forward + backward pass of ``model`` on the batch (FlopCounterMode, fp32)."""
-    log_snr = get_schedule("linear_log_snr").log_snr_fn(t.double()).float()
+    schedule = get_schedule("linear_log_snr")
     with FlopCounterMode(display=False) as counter:
-        engine.eps_loss(model, x0, t, torch.randn_like(x0), log_snr).backward()
+        engine.l_simple(schedule, model, x0, t, torch.randn_like(x0)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
+def plain_state(model: nn.Module, cfg: engine.TrainConfig) -> engine.TrainState:
+    """The ``plain`` set-up: fp32 eager, the default AdamW, an EMA copy (no DDP, no compile)."""
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    return engine.TrainState(model, ema, opt, engine.compile_or_eager(model, enabled=False))
+
+
 def time_steps(case: Case, mode: str, dev: torch.device, steps: int, warmup: int) -> float:
-    """Seconds per training step of ``case`` in ``mode`` (``"fast"`` or ``"plain"``)."""
+    """Seconds per :func:`~diffusion_lessons.engine.train_step` of ``case`` in ``mode``."""
     torch.manual_seed(0)
     fast = mode == "fast"
-    fmt = torch.channels_last if fast and dev.type == "cuda" else torch.contiguous_format
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
-    model = UNet(case.config).to(dev, memory_format=fmt).train()
-    cfg = engine.TrainConfig(dataset="mnist", lr=1e-4)
+    cfg = engine.TrainConfig(dataset="mnist", lr=1e-4)  # compile: on CUDA only
+    model = UNet(case.config).train()
     if fast:
-        opt = engine.make_optimizer(model, cfg, dev)
-        fwd = torch.compile(model) if dev.type == "cuda" else model
-        amp = engine.autocast(dev)
+        state = engine.build_state(model, cfg, dev)
+        loss_fn = engine.make_loss_fn(cfg, dev)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        fwd, amp = model, contextlib.nullcontext()
+        state = plain_state(model.to(dev), cfg)
+        loss_fn = functools.partial(engine.OBJECTIVES[cfg.objective], get_schedule(cfg.schedule))
     c, s, b = case.config.in_channels, case.config.image_size, case.batch_size
-    x0 = (torch.rand(b, c, s, s, device=dev) * 2 - 1).contiguous(memory_format=fmt)
-    t = torch.rand(b, device=dev)
-    eps = torch.randn_like(x0)
-    log_snr = get_schedule("linear_log_snr").log_snr_fn(t.double()).float()
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            loss = engine.eps_loss(fwd, x0, t, eps, log_snr)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
+    x0 = torch.rand(b, c, s, s, device=dev) * 2 - 1
+    batch = (x0, torch.rand(b, device=dev), torch.randn_like(x0))
     for _ in range(warmup):
-        step()
+        engine.train_step(state, batch, loss_fn, cfg)
     _sync(dev)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        engine.train_step(state, batch, loss_fn, cfg)
     _sync(dev)
     return (time.perf_counter() - start) / steps
+
+
+def measure(case: Case, dev: torch.device, steps: int, warmup: int, peak: float) -> list[dict]:
+    """The ``plain`` and ``fast`` rows of one case: speed, FLOPs per step, MFU against ``peak``."""
+    c, s, b = case.config.in_channels, case.config.image_size, case.batch_size
+    probe = UNet(case.config).to(dev)
+    flops = step_flops(probe, torch.rand(b, c, s, s, device=dev) * 2 - 1, torch.rand(b, device=dev))
+    params = count_parameters(probe)
+    del probe
+    rows = []
+    for mode in ("plain", "fast"):
+        sec = time_steps(case, mode, dev, steps, warmup)
+        rows.append(
+            {
+                "model": case.name,
+                "params": params,
+                "batch": b,
+                "mode": mode,
+                "images_per_s": b / sec,
+                "ms_per_step": 1e3 * sec,
+                "tflops_per_s": flops / sec / 1e12,
+                "mfu": flops / sec / peak,
+                "gflops_per_step": flops / 1e9,
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    """One line per row, with the speed-up of ``fast`` over ``plain``."""
+    head = (
+        f"{'model':22s} {'params':>10s} {'batch':>5s} {'mode':>5s} {'img/s':>10s} "
+        f"{'ms/step':>9s} {'TFLOP/s':>8s} {'MFU':>7s} {'speed-up':>8s}"
+    )
+    print(head)
+    print("-" * len(head))
+    plain = {}
+    for r in rows:
+        if r["mode"] == "plain":
+            plain[r["model"]] = r["images_per_s"]
+        up = r["images_per_s"] / plain[r["model"]]
+        print(
+            f"{r['model']:22s} {r['params']:>10,d} {r['batch']:>5d} {r['mode']:>5s} "
+            f"{r['images_per_s']:>10.1f} {r['ms_per_step']:>9.2f} {r['tflops_per_s']:>8.3f} "
+            f"{100 * r['mfu']:>6.2f}% {up:>7.2f}x"
+        )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -156,46 +199,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 10)
     rows = []
     for case in cases(args.tiny, args.mnist_batch, args.cifar_batch):
-        c, s, b = case.config.in_channels, case.config.image_size, case.batch_size
-        probe = UNet(case.config).to(dev)
-        flops = step_flops(
-            probe, torch.rand(b, c, s, s, device=dev) * 2 - 1, torch.rand(b, device=dev)
-        )
-        params = count_parameters(probe)
-        del probe
-        for mode in ("plain", "fast"):
-            sec = time_steps(case, mode, dev, steps, warmup)
-            rows.append(
-                {
-                    "model": case.name,
-                    "params": params,
-                    "batch": b,
-                    "mode": mode,
-                    "images_per_s": b / sec,
-                    "ms_per_step": 1e3 * sec,
-                    "tflops_per_s": flops / sec / 1e12,
-                    "mfu": flops / sec / args.peak_flops,
-                    "gflops_per_step": flops / 1e9,
-                }
-            )
+        rows += measure(case, dev, steps, warmup, args.peak_flops)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(
         f"device {name}, torch {torch.__version__}, {steps} timed steps after {warmup} warm-up, "
         f"MFU against {args.peak_flops:.3g} FLOP/s"
     )
-    head = f"{'model':22s} {'params':>10s} {'batch':>5s} {'mode':>5s} {'img/s':>10s} {'ms/step':>9s} {'TFLOP/s':>8s} {'MFU':>7s} {'speed-up':>8s}"
-    print(head)
-    print("-" * len(head))
-    plain = {}
-    for r in rows:
-        if r["mode"] == "plain":
-            plain[r["model"]] = r["images_per_s"]
-        up = r["images_per_s"] / plain[r["model"]]
-        print(
-            f"{r['model']:22s} {r['params']:>10,d} {r['batch']:>5d} {r['mode']:>5s} "
-            f"{r['images_per_s']:>10.1f} {r['ms_per_step']:>9.2f} {r['tflops_per_s']:>8.3f} "
-            f"{100 * r['mfu']:>6.2f}% {up:>7.2f}x"
-        )
+    print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from diffusion_lessons import cli, engine, nets, schedules, train
+from diffusion_lessons import checkpoints, cli, engine, nets, schedules
 
 TINY = engine.PRESETS["tiny"]
 
@@ -51,9 +51,9 @@ def test_refusals_leave_the_checkpoint_untouched(tmp_path):
     with pytest.raises(ValueError, match=r"differs in batch_size: 16 → 8; lr: 0.001 → 0.0003"):
         engine.train(changed, tmp_path, resume=True, images=images, progress=False)
     assert path.read_bytes() == raw
-    # a checkpoint of another architecture (train.save_checkpoint of an MLP)
+    # a checkpoint of another architecture (the weights file of an MLP)
     other = tmp_path / "other"
-    train.save_checkpoint(
+    checkpoints.save_weights(
         nets.MLPDenoiser(dim=2, hidden=8, depth=1, emb_dim=4), other / engine.CHECKPOINT_NAME
     )
     foreign = (other / engine.CHECKPOINT_NAME).read_bytes()
@@ -95,6 +95,11 @@ def test_vdm_loss_is_the_eps_loss_scaled_by_minus_half_the_slope():
     ab = torch.sigmoid(log_snr)[:, None, None, None]
     by_hand = ((eps - model(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t)) ** 2).mean()
     assert torch.allclose(plain, by_hand)
+    # the two objectives TrainConfig names: λ from the schedule, and λ' by autograd for VDM
+    schedule = schedules.get_schedule("linear_log_snr")
+    torch.testing.assert_close(engine.l_simple(schedule, model, x0, t, eps), plain)
+    torch.testing.assert_close(engine.vdm_loss(schedule, model, x0, t, eps), weighted)
+    assert engine.OBJECTIVES == {"eps": engine.l_simple, "vdm": engine.vdm_loss}
     vdm = engine.train(
         dataclasses.replace(cfg, objective="vdm", steps=1), images=images, progress=False
     )
@@ -134,9 +139,47 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     assert compiled.losses == eager.losses
 
 
+def test_train_is_train_step_over_the_step_batches():
+    """The loop adds nothing to the step the benchmark times: build_state + train_step on
+    step_batch reproduces train() (no dropout in TINY, so no per-step seed is needed)."""
+    cfg = dataclasses.replace(TINY, steps=3)
+    images = _images()
+    run = engine.train(cfg, images=images, progress=False)
+    dev = torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    state = engine.build_state(engine.UNet(cfg.unet_config()), cfg, dev)
+    loss_fn = engine.make_loss_fn(cfg, dev)
+    losses = [
+        engine.train_step(state, engine.step_batch(images, s, cfg), loss_fn, cfg).item()
+        for s in range(cfg.steps)
+    ]
+    assert state.step == run.step == 3
+    assert losses == run.losses
+    for a, b in zip(run.ema.parameters(), state.ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(run.model.parameters(), state.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_learning_rate_warm_up_and_ema_update():
+    """lr · min(1, (s + 1)/warm-up), and θ_ema ← d θ_ema + (1 − d) θ written out by hand."""
+    cfg = dataclasses.replace(TINY, lr=1e-3, warmup_steps=4)
+    lrs = [engine.lr_at(s, cfg) for s in range(6)]
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rel=1e-12)
+    assert engine.lr_at(0, dataclasses.replace(cfg, warmup_steps=0)) == 1e-3
+    torch.manual_seed(0)
+    ema, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in ema.parameters()]
+    engine.ema_update(ema, model, 0.9)
+    for e, b, p in zip(ema.parameters(), before, model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
+
+
 def test_config_refusals():
     with pytest.raises(ValueError, match="unknown dataset"):
         engine.TrainConfig(dataset="cifar100")
+    with pytest.raises(ValueError, match="unknown objective 'x0'; choose one of 'eps', 'vdm'"):
+        engine.TrainConfig(objective="x0")
     with pytest.raises(ValueError, match="objective 'vdm' needs a finite log-SNR"):
         engine.TrainConfig(objective="vdm", schedule="linear_beta")
     with pytest.raises(ValueError, match="image_size must be divisible"):
@@ -204,7 +247,8 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
         ["train", "--config", "tiny", "--steps", "4", "--out", out, "--resume", "--no-progress"]
     )
     assert "step 4" in capsys.readouterr().out
-    cfg, step, tensors = engine.read_checkpoint(tmp_path / "run" / engine.CHECKPOINT_NAME)
+    ckpt = checkpoints.read_training_state(tmp_path / "run" / engine.CHECKPOINT_NAME)
+    cfg, step, tensors = engine.TrainConfig.from_dict(ckpt.config), ckpt.step, ckpt.tensors
     assert step == 4 and tensors["losses"].shape == (4,) and cfg.steps == 4
     straight = engine.train(dataclasses.replace(TINY, steps=4), progress=False)
     assert tensors["losses"].tolist() == straight.losses
@@ -214,6 +258,25 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     assert set(values) == {"prior", "reconstruction", "diffusion", "total"}
     parts = values["prior"] + values["reconstruction"] + values["diffusion"]
     assert values["total"] == pytest.approx(parts, abs=2e-4)
+
+
+def test_cli_eval_checks_the_ema_weights(tmp_path):
+    """A training state whose EMA is another architecture is refused before any evaluation."""
+    torch.manual_seed(0)
+    model = engine.UNet(TINY.unet_config())
+    wider = engine.UNet(dataclasses.replace(TINY, ch=16).unet_config())
+    path = tmp_path / engine.CHECKPOINT_NAME
+    checkpoints.save_training_state(
+        path,
+        modules={"model": model, "ema": wider},
+        opt=torch.optim.AdamW(model.parameters()),
+        step=0,
+        losses=[],
+        config=TINY.to_dict(),
+        metadata={"architecture": "UNet"},
+    )
+    with pytest.raises(ValueError, match=r"another architecture \(UNet\).*shape mismatches"):
+        cli.main(["eval", "--checkpoint", str(path), "--n", "4"])
 
 
 def test_benchmark_script_runs_at_tiny_size(capsys, monkeypatch):
@@ -228,7 +291,11 @@ def test_benchmark_script_runs_at_tiny_size(capsys, monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "bench_train", bench)  # dataclasses look the module up
     spec.loader.exec_module(bench)
+    timed = []  # the benchmark times the engine's own step, not a copy of it
+    step = engine.train_step
+    monkeypatch.setattr(engine, "train_step", lambda *a: timed.append(1) or step(*a))
     rows = bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0"])
+    assert len(timed) == 4, "one timed engine.train_step per model and mode"
     assert [r["mode"] for r in rows] == ["plain", "fast"] * 2
     assert all(r["images_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
     # the CIFAR-shaped model (32×32×3, 4 levels) costs more per step than the MNIST-shaped one

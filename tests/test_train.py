@@ -1,10 +1,14 @@
-"""The training loop and checkpoints."""
+"""The small training loop: it learns, it is reproducible, it checkpoints; no page imports."""
+
+import ast
 
 import pytest
 import torch
 from torch import nn
 
-from diffusion_lessons import nets, train
+from diffusion_lessons import checkpoints, nets, train
+
+from conftest import REPO
 
 
 def _regression_data():
@@ -33,24 +37,36 @@ def test_fit_learns_a_linear_map_and_is_reproducible():
     assert len(ha.smoothed(10)) == 300
 
 
-def test_checkpoint_round_trip_and_refusals(tmp_path):
-    model = nets.MLPDenoiser(dim=2, hidden=16, depth=1, emb_dim=8)
-    path = train.save_checkpoint(model, tmp_path / "m.safetensors", metadata={"loss": 1.5})
-    other = nets.MLPDenoiser(dim=2, hidden=16, depth=1, emb_dim=8)
-    assert train.load_checkpoint(other, path) == {"loss": 1.5}
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, other.state_dict()[k])
-    bigger = nets.MLPDenoiser(dim=2, hidden=32, depth=1, emb_dim=8)
-    before = {k: v.clone() for k, v in bigger.state_dict().items()}
-    with pytest.raises(ValueError, match="another architecture"):
-        train.load_checkpoint(bigger, path)
-    assert all(torch.equal(v, bigger.state_dict()[k]) for k, v in before.items()), (
-        "model left untouched"
+def test_fit_writes_a_weights_checkpoint(tmp_path):
+    x, y = _regression_data()
+    model = nn.Linear(3, 1)
+    h = train.fit(
+        model, _mse, (x, y), steps=3, device="cpu", progress=False, checkpoint=tmp_path / "w.st"
     )
-    raw = path.read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="not a readable safetensors checkpoint"):
-        train.load_checkpoint(other, tmp_path / "cut.safetensors")
+    again = nn.Linear(3, 1)
+    assert checkpoints.load_weights(again, tmp_path / "w.st") == {
+        "steps": 3,
+        "final_loss": h.losses[-1],
+    }
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+
+
+def test_the_library_does_not_import_page_support():
+    """Only the pages import ``pages`` (the glue and the size switch), never a library module."""
+    for path in sorted((REPO / "src" / "diffusion_lessons").rglob("*.py")):
+        if path.name == "pages.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.split(".")[-1] == "pages" for n in names), (
+                f"{path.name}:{node.lineno} imports pages"
+            )
 
 
 def test_fit_rejects_bad_arguments():

@@ -19,7 +19,8 @@ Modules follow the order in which the book introduces their objects:
 - :mod:`~diffusion_lessons.tweedie`           Tweedie's formula
 - :mod:`~diffusion_lessons.nets`              time embedding and the MLP denoiser
 - :mod:`~diffusion_lessons.unet`              the U-Net for images
-- :mod:`~diffusion_lessons.train`             the small training loop and safetensors checkpoints
+- :mod:`~diffusion_lessons.train`             the small training loop of the chapters
+- :mod:`~diffusion_lessons.checkpoints`       safetensors checkpoints: weights files and training states
 - :mod:`~diffusion_lessons.engine`            the fast image trainer (GPU, resumable, DDP)
 - :mod:`~diffusion_lessons.likelihood`        image bits/dim in discrete and continuous time
 - :mod:`~diffusion_lessons.cli`               ``python -m diffusion_lessons.cli train|eval``

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import engine
+from . import checkpoints, engine
 from .likelihood import evaluate_bits_per_dim
 from .schedules import get_schedule
 from .unet import UNet
@@ -68,30 +68,36 @@ def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
     return dataclasses.replace(engine.PRESETS[args.config], **changes)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        cfg = config_from_args(args)
-        result = engine.train(
-            cfg,
-            args.out,
-            resume=args.resume,
-            device=args.device,
-            progress=not args.no_progress,
-            data_root=args.data_root,
+def train(args: argparse.Namespace) -> int:
+    """``train``: run (or resume) :func:`~diffusion_lessons.engine.train`; rank 0 reports."""
+    result = engine.train(
+        config_from_args(args),
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        data_root=args.data_root,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"step {result.step}: loss {result.losses[-1]:.5f}, "
+            f"{result.images_per_second:.1f} images/s, checkpoint in {args.out}"
         )
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(
-                f"step {result.step}: loss {result.losses[-1]:.5f}, "
-                f"{result.images_per_second:.1f} images/s, checkpoint in {args.out}"
-            )
-        return 0
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``eval``: bits/dim of the test set under the checkpoint's EMA weights (checked on load)."""
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg, step, tensors = engine.read_checkpoint(args.checkpoint)
+    ckpt = checkpoints.read_training_state(args.checkpoint)
+    cfg = engine.TrainConfig.from_dict(ckpt.config)
     model = UNet(cfg.unet_config())
-    state = {k[len("ema/") :]: v for k, v in tensors.items() if k.startswith("ema/")}
-    model.load_state_dict(state)
+    checkpoints.load_module_state(
+        model,
+        ckpt.state("ema"),
+        path=args.checkpoint,
+        architecture=ckpt.metadata.get("architecture", "?"),
+    )
     model.to(dev).eval()
     images = engine.load_images(cfg, "test", root=args.data_root)[: args.n].to(dev)
     bpd = evaluate_bits_per_dim(
@@ -104,12 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
     )
     print(
-        f"{cfg.dataset} test set, {images.shape[0]} images, EMA weights at step {step}, "
+        f"{cfg.dataset} test set, {images.shape[0]} images, EMA weights at step {ckpt.step}, "
         f"method {args.method}:"
     )
     for name, value in bpd.items():
         print(f"  {name:15s} {value:.4f} bits/dim")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return train(args) if args.command == "train" else evaluate(args)
 
 
 if __name__ == "__main__":

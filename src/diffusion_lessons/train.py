@@ -1,24 +1,22 @@
-"""A small training loop that every chapter reuses, and checkpoints without pickle (safetensors).
+"""The small training loop that the chapters reuse (CPU-sized models).
 
 ``fit`` draws seeded minibatches from tensors held on the training device, shows a ``tqdm.auto``
-progress bar with the running loss, and returns the loss history.
+progress bar with the running loss, and returns the loss history; its checkpoint is a weights file
+of :mod:`~diffusion_lessons.checkpoints`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoints import save_weights
 from .checks import check_positive_int
-from .pages import device as default_device
 
 
 @dataclass
@@ -71,13 +69,15 @@ def fit(
     tuple of tensors (one per tensor in ``data``) already on the device, and ``generator`` is the
     seeded ``torch.Generator`` to draw any noise from, so a run is reproducible. The device is
     the GPU when there is one, unless ``device`` says otherwise. With ``checkpoint``, the weights
-    are saved there (safetensors) at the end.
+    are saved there at the end (:func:`~diffusion_lessons.checkpoints.save_weights`).
     """
     check_positive_int(steps, name="steps")
     check_positive_int(batch_size, name="batch_size")
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
-    dev = torch.device(device) if device is not None else default_device()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     tensors = tuple(t.to(dev) for t in _as_tuple(data))
     n = tensors[0].shape[0]
     torch.manual_seed(seed)
@@ -107,85 +107,5 @@ def fit(
     history.seconds = time.perf_counter() - start
     model.eval()
     if checkpoint is not None:
-        save_checkpoint(
-            model, checkpoint, metadata={"steps": steps, "final_loss": history.losses[-1]}
-        )
+        save_weights(model, checkpoint, metadata={"steps": steps, "final_loss": history.losses[-1]})
     return history
-
-
-def save_checkpoint(
-    model: nn.Module, path: str | os.PathLike, *, metadata: dict | None = None
-) -> Path:
-    """Write ``model``'s weights to ``path`` as safetensors, atomically (no pickle)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"architecture": type(model).__name__, "metadata": json.dumps(metadata or {})}
-    return write_safetensors(state, path, meta)
-
-
-def write_safetensors(
-    tensors: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]
-) -> Path:
-    """Write ``tensors`` and string ``metadata`` to ``path`` as safetensors, atomically.
-
-    The file is written beside ``path`` and renamed over it only when complete, so an interrupted
-    write never leaves a truncated checkpoint behind.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Tensor]]:
-    """Read a safetensors file without pickle: ``(metadata, tensors)``.
-
-    Raises ``FileNotFoundError`` when there is no file and ``ValueError`` when it is not a readable
-    safetensors file (for instance a truncated one).
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for truncated files
-        raise ValueError(
-            f"{path} is not a readable safetensors checkpoint ({err}); it may be truncated"
-        ) from err
-    return meta, tensors
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
-    """Load safetensors weights from ``path`` into ``model``; return the stored metadata.
-
-    Raises ``ValueError`` when the file is not a readable safetensors file, or holds weights for
-    another architecture (missing or unexpected keys, other shapes); ``model`` is left untouched.
-    """
-    meta, state = read_safetensors(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path} holds weights for another architecture ({meta.get('architecture', '?')}): "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}"
-        )
-    model.load_state_dict(state)
-    return json.loads(meta.get("metadata", "{}"))
