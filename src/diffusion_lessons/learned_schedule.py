@@ -11,7 +11,7 @@ The endpoints γ_0 = −λ_max and γ_1 = γ_0 + softplus(δ) > γ_0 are paramet
 the endpoints by the bound and the interior (l_1, l_2, l_3) by the *variance* of the bound's
 estimator: the expected continuous-time loss does not depend on the interior at all
 (``eq-vlb-invariance``), so the gradient of E[L²] with respect to the interior is the gradient of
-the variance. :func:`schedule_training_loss` builds that objective for :func:`train.fit`, and
+the variance. :func:`schedule_training_loss` builds that objective for :func:`.train.fit`, and
 :func:`time_variance_decomposition` measures how much of that variance comes from t at all.
 """
 
@@ -50,8 +50,9 @@ def _inverse_softplus(y: float) -> float:
 class MonotoneLogSNR(FromLogSNR, nn.Module):
     """λ(t) = −γ(t) with γ from ``eq-monotone-gamma``: decreasing in t, λ(0) = λ_max, λ(1) = λ_min.
 
-    Used like a :class:`~diffusion_lessons.schedules.Schedule`: :meth:`log_snr`, :meth:`alpha_bar`,
-    :meth:`sigma`, :meth:`snr` take ``t`` of any shape in [0, 1] and return the same shape.
+    Used like a :class:`~diffusion_lessons.schedules.Schedule`: :meth:`log_snr`,
+    :meth:`~.FromLogSNR.alpha_bar`, :meth:`~.FromLogSNR.sigma`, :meth:`~.FromLogSNR.snr` take
+    ``t`` of any shape in [0, 1] and return the same shape.
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class DenoiserWithSchedule(nn.Module):
 def schedule_training_loss(
     sampler: str = "uniform", *, interior: str = "variance"
 ) -> Callable[[DenoiserWithSchedule, tuple[Tensor, ...], torch.Generator], Tensor]:
-    """A ``loss_fn`` for :func:`train.fit` that trains a :class:`DenoiserWithSchedule` as VDM does.
+    """A ``loss_fn`` for :func:`.train.fit` that trains a :class:`DenoiserWithSchedule` as VDM does.
 
     Returns mean(negative ELBO) with gradients to the ε-model and to the schedule's endpoints,
     plus (when ``interior="variance"``) mean(L_∞²) with gradients only to the schedule's interior:

@@ -103,7 +103,7 @@ def denoising_kl(
     """KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t)) between the two Gaussians (``eq-diffusion-elbo``).
 
     p_θ(x_{t-1} | x_t) = q(x_{t-1} | x_t, x̂_0) (``eq-reverse-step``): the posterior with x̂_0 in place of x_0, and the
-    same variance. Computed with :func:`distributions.kl_diag_gaussians`. ``x0, x0_hat, xt:
+    same variance. Computed with :func:`.distributions.kl_diag_gaussians`. ``x0, x0_hat, xt:
     (B, ...)``; ``alpha_bar, alpha_bar_prev``: scalars or ``(B,)``. Returns ``(B,)``.
     """
     mean_q, var = posterior_mean_var(x0, xt, alpha_bar, alpha_bar_prev)

@@ -16,6 +16,7 @@ SCHEDULE_LABELS = {
     "cosine": "cosine (Nichol & Dhariwal)",
     "linear_log_snr": "linear log-SNR (VDM)",
 }
+"""The legend label of each schedule name that :func:`plot_schedule_curves` knows."""
 
 
 def image_grid(images: Tensor, nrow: int, *, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:

@@ -122,7 +122,7 @@ def mixture_posterior_mean(mixture: GaussianMixture, xt: Tensor, alpha_bar: floa
 
     With x_t = √ᾱ x_0 + σ ε and component k = N(μ_k, Σ_k), (x_0, x_t) is jointly Gaussian within
     a component, so E[x_0 | x_t, k] = μ_k + √ᾱ Σ_k (ᾱ Σ_k + σ² I)⁻¹ (x_t − √ᾱ μ_k); averaging
-    with the responsibilities p(k | x_t) of the noised mixture (:meth:`GaussianMixture.noised`)
+    with the responsibilities p(k | x_t) of the noised mixture (:meth:`.GaussianMixture.noised`)
     gives E[x_0 | x_t] = Σ_k p(k | x_t) E[x_0 | x_t, k]. ``xt: (N, D)``, ``alpha_bar``: a float
     in [0, 1]. Returns ``(N, D)``, float64.
     """

@@ -251,7 +251,7 @@ def elbo_terms(
 
 
 def vae_loss(model: VAE, batch: tuple[Tensor, ...], generator: torch.Generator) -> Tensor:
-    """Negative ELBO per example, averaged over the minibatch (for :func:`train.fit`)."""
+    """Negative ELBO per example, averaged over the minibatch (for :func:`.train.fit`)."""
     return -elbo_terms(model, batch[0], generator)["elbo"].mean()
 
 
@@ -370,7 +370,7 @@ def hvae_elbo_terms(
 def hvae_loss(
     model: HierarchicalVAE, batch: tuple[Tensor, ...], generator: torch.Generator
 ) -> Tensor:
-    """Negative HVAE ELBO, averaged over the minibatch (for :func:`train.fit`)."""
+    """Negative HVAE ELBO, averaged over the minibatch (for :func:`.train.fit`)."""
     return -hvae_elbo_terms(model, batch[0], generator)["elbo"].mean()
 
 

@@ -42,6 +42,8 @@ SAMPLERS = ("uniform", "low_discrepancy")
 
 
 class LogSNRSchedule(Protocol):
+    """A schedule: anything with a ``log_snr(t)`` method (:class:`.schedules.Schedule`, say)."""
+
     def log_snr(self, t: Tensor) -> Tensor: ...
 
 
