@@ -117,7 +117,8 @@ def ddpm_terms(
     (step 0 is the data) and ᾱ_i = ᾱ(i / T), except that each step's β_i is capped at
     ``max_beta`` = 0.999 as in Nichol & Dhariwal (2021). The cap only acts where ᾱ vanishes in one
     step: without it the cosine schedule's last step has ᾱ_T = ᾱ(1), which is 0 up to rounding
-    (3.7e-33), and its KL weights ‖ε − ε̂‖² by ½ ᾱ_{T−1}/ᾱ_T ≈ 3e26 (T = 1000). ``prior`` = KL(q(x_T|x_0) ‖ N(0, I)) (L_T); ``diffusion`` = Σ_{i=2}^T
+    (3.7e-33), and its KL weights ‖ε − ε̂‖² by ½ ᾱ_{T−1}/ᾱ_T ≈ 3e26 (T = 1000).
+    ``prior`` = KL(q(x_T|x_0) ‖ N(0, I)) (L_T); ``diffusion`` = Σ_{i=2}^T
     KL(q(x_{i−1}|x_i, x_0) ‖ p_θ(x_{i−1}|x_i)) with p_θ's mean the posterior mean at
     x̂_0 = (x_i − σ_i ε̂)/√ᾱ_i and its variance β̃_i (the L_{1:T−1} terms); summed exactly when
     ``n_t`` is None, else (T − 1) × the mean over ``n_t`` steps i ~ U{2..T} per image;

@@ -304,14 +304,15 @@ def gaussian_chain_elbo_terms(
         return -0.5 * (math.log(2 * math.pi) + variance.log()) - residual_sq / (2 * variance)
 
     recon = expected_log_normal(second_moment(-k[0] * unit(1), x0 - m[0]), s2[0])
+    # E log q(x_t | x_{t-1}) = −½ log(2πe β_t): the mean residual² of a step is its variance β_t
     beta_T = 1 - alpha[T - 1]
-    log_q_T = -0.5 * (math.log(2 * math.pi) + beta_T.log()) - 0.5
+    log_q_T = expected_log_normal(beta_T, beta_T)
     prior = log_q_T + 0.5 * math.log(2 * math.pi) + 0.5 * (mu[T] ** 2 + var[T])
     consistency, consistency_kl = [], []
     for t in range(1, T):
         beta_t = 1 - alpha[t - 1]
         kk, mm, vv = k[t], m[t], s2[t]  # the step p_θ(x_t | x_{t+1})
-        log_q = -0.5 * (math.log(2 * math.pi) + beta_t.log()) - 0.5
+        log_q = expected_log_normal(beta_t, beta_t)
         log_p = expected_log_normal(second_moment(unit(t) - kk * unit(t + 1), -mm), vv)
         consistency.append(log_q - log_p)
         mean_gap_sq = second_moment(alpha[t - 1].sqrt() * unit(t - 1) - kk * unit(t + 1), -mm)

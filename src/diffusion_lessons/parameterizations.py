@@ -15,10 +15,10 @@ from .checks import append_dims, as_coefficient, check_choice, promote_coefficie
 PARAMETERIZATIONS = ("x0", "eps", "score")
 
 
-def _coefs(alpha_bar: Tensor | float, xt: Tensor) -> tuple[Tensor, Tensor]:
+def _coefs(alpha_bar: Tensor | float, xt: Tensor, name: str = "alpha_bar") -> tuple[Tensor, Tensor]:
     # Square roots in the wider of the coefficient's and the data's dtype, cast once at the end:
     # float64 data never gets float32-rounded coefficients (a Python float stays a double).
-    ab = append_dims(as_coefficient(alpha_bar), xt, name="alpha_bar", x_name="xt")
+    ab = append_dims(as_coefficient(alpha_bar), xt, name=name, x_name="xt")
     ab = promote_coefficient(ab, xt)
     return ab.sqrt().to(xt), (1.0 - ab).sqrt().to(xt)
 
@@ -107,5 +107,5 @@ class SkipX0(torch.nn.Module):
     def forward(self, xt: Tensor, t: Tensor) -> Tensor:
         T = len(self.alpha_bar) - 1
         i = torch.round(t * T).long().clamp(0, T)
-        ab = promote_coefficient(append_dims(self.alpha_bar[i], xt, name="t", x_name="xt"), xt)
-        return ab.sqrt().to(xt) * xt + (1 - ab).sqrt().to(xt) * self.net(xt, t)
+        a, s = _coefs(self.alpha_bar[i], xt, name="t")
+        return a * xt + s * self.net(xt, t)
