@@ -1,12 +1,12 @@
 """Training throughput and model-FLOPs utilisation (MFU) of the U-Nets, fast path vs plain loop.
 
 For (a) the book's MNIST U-Net at 28×28 and (b) DDPM's 35.7M-parameter CIFAR-10 U-Net at 32×32,
-on random data, it times the engine's own step, :func:`diffusion_lessons.engine.train_step`
+on random data, it times the engine's own step, :func:`diffusion_lessons.training.engine.train_step`
 (learning rate, ε-prediction loss, backward, gradient clipping, AdamW, EMA update), in two
 set-ups of the same model:
 
-- ``fast``:  the engine's set-up (:func:`~diffusion_lessons.engine.build_state`,
-  :func:`~diffusion_lessons.engine.make_loss_fn`), which on CUDA means bf16 autocast,
+- ``fast``:  the engine's set-up (:func:`~diffusion_lessons.training.engine.build_state`,
+  :func:`~diffusion_lessons.training.engine.make_loss_fn`), which on CUDA means bf16 autocast,
   channels_last, ``torch.compile``, fused AdamW (and TF32 for what stays in fp32);
 - ``plain``: fp32 eager with the default AdamW, contiguous tensors, TF32 matmuls off.
 
@@ -31,15 +31,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffusion_lessons import engine
-from diffusion_lessons.schedules import get_schedule
-from diffusion_lessons.unet import (
+from diffusion_lessons.nets.unet import (
     UNet,
     UNetConfig,
     count_parameters,
     ddpm_cifar10_config,
     mnist_config,
 )
+from diffusion_lessons.noise.schedules import get_schedule
+from diffusion_lessons.training import engine
 
 
 @dataclass
@@ -103,7 +103,7 @@ def plain_state(model: nn.Module, cfg: engine.TrainConfig) -> engine.TrainState:
 
 
 def time_steps(case: Case, mode: str, dev: torch.device, steps: int, warmup: int) -> float:
-    """Seconds per :func:`~diffusion_lessons.engine.train_step` of ``case`` in ``mode``."""
+    """Seconds per :func:`~diffusion_lessons.training.engine.train_step` of ``case`` in ``mode``."""
     torch.manual_seed(0)
     fast = mode == "fast"
     if dev.type == "cuda":

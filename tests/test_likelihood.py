@@ -7,7 +7,8 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from diffusion_lessons import likelihood, schedules
+from diffusion_lessons import likelihood
+from diffusion_lessons.noise import schedules
 
 MU, S = 0.1, 0.15  # Gaussian "images": every pixel ~ N(MU, S²), independent
 SHAPE = (1, 4, 4)

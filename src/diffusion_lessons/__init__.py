@@ -1,32 +1,26 @@
 """diffusion_lessons: the library behind the Diffusion Lessons textbook.
 
-Modules follow the order in which the book introduces their objects:
+The package is cut by mathematical object, not by chapter: one object (the bound, a schedule, a
+denoiser) serves several chapters. Sub-packages, in the order the book introduces them:
 
-- :mod:`~diffusion_lessons.checks`            shape and range checks shared by every module
-- :mod:`~diffusion_lessons.pages`             glue for the pages, the CPU/GPU size switch, the device
-- :mod:`~diffusion_lessons.distributions`     Gaussian densities and KLs, the discretized decoder, bits/dim
-- :mod:`~diffusion_lessons.derivations`       sympy derivations (forward process, chapter 1)
-- :mod:`~diffusion_lessons.elbo`              the ELBO on an exact linear-Gaussian model; gradient estimators
-- :mod:`~diffusion_lessons.vae`               VAE and Markovian hierarchical VAE
-- :mod:`~diffusion_lessons.schedules`         noise schedules: beta, alpha_bar, sigma, SNR, log-SNR
-- :mod:`~diffusion_lessons.forward`           the forward process q(x_t | x_{t-1}) and q(x_t | x_0)
-- :mod:`~diffusion_lessons.posterior`         q(x_{t-1} | x_t, x_0); exact posterior means of mixtures
-- :mod:`~diffusion_lessons.parameterizations` x_0, eps and score predictions and their conversions
-- :mod:`~diffusion_lessons.losses`            the discrete-time diffusion ELBO and training losses
-- :mod:`~diffusion_lessons.samplers`          ancestral sampling with a trajectory callback
-- :mod:`~diffusion_lessons.vlb`               the bound through the SNR, continuous time, time samplers
-- :mod:`~diffusion_lessons.learned_schedule`  a monotone learned log-SNR schedule
-- :mod:`~diffusion_lessons.tweedie`           Tweedie's formula
-- :mod:`~diffusion_lessons.nets`              time embedding and the MLP denoiser
-- :mod:`~diffusion_lessons.unet`              the U-Net for images
-- :mod:`~diffusion_lessons.train`             the small training loop of the chapters
-- :mod:`~diffusion_lessons.checkpoints`       safetensors checkpoints: weights files and training states
-- :mod:`~diffusion_lessons.engine`            the fast image trainer (GPU, resumable, DDP)
-- :mod:`~diffusion_lessons.likelihood`        image bits/dim in discrete and continuous time
-- :mod:`~diffusion_lessons.cli`               ``python -m diffusion_lessons.cli train|eval``
-- :mod:`~diffusion_lessons.data`              2-D distributions with exact densities, digits, MNIST
-- :mod:`~diffusion_lessons.plots`             plotting helpers that keep hidden notebook cells short
-- :mod:`~diffusion_lessons.interactive`       sliders: live (ipywidgets) and static (no kernel)
+- :mod:`~diffusion_lessons.checks`         shape and range checks shared by every module
+- :mod:`~diffusion_lessons.gaussians`      Gaussian densities and KLs, the discretized decoder, bits/dim
+- :mod:`~diffusion_lessons.latent`         chapters 1–2: the ELBO, VAE, hierarchical VAE
+- :mod:`~diffusion_lessons.noise`          chapters 3, 6: noise schedules, fixed and learned; time sampling
+- :mod:`~diffusion_lessons.process`        chapters 3–4: the forward process and its posterior
+- :mod:`~diffusion_lessons.denoisers`      chapters 5, 7: parameterizations, Tweedie
+- :mod:`~diffusion_lessons.objectives`     chapters 4–6: the diffusion bound and training losses
+- :mod:`~diffusion_lessons.sampling`       chapter 4: running the reverse process
+- :mod:`~diffusion_lessons.nets`           chapters 4–10: noise-level embedding, MLP, U-Net
+- :mod:`~diffusion_lessons.data`           every chapter: toy data, image sets, exact oracles
+- :mod:`~diffusion_lessons.likelihood`     chapter 10: bits/dim of an image set
+- :mod:`~diffusion_lessons.training`       chapters 1–10: the teaching loop, checkpoints, the image trainer
+- :mod:`~diffusion_lessons.cli`            ``python -m diffusion_lessons.cli train|eval``
+- :mod:`~diffusion_lessons.symbolic`       sympy derivations the pages show
+- :mod:`~diffusion_lessons.book`           page support: glue, sizes, plots, sliders
+
+Pages import the module they teach (``from diffusion_lessons.process import forward``); nothing is
+re-exported from here.
 """
 
 __version__ = "0.1.0"

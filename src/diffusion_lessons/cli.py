@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 -m diffusion_lessons.cli train --config mnist --out runs/mnist
     python -m diffusion_lessons.cli eval --checkpoint runs/mnist/checkpoint.safetensors
 
-Configurations are the named presets of :data:`diffusion_lessons.engine.PRESETS`; the flags
+Configurations are the named presets of :data:`diffusion_lessons.training.engine.PRESETS`; the flags
 override single fields. Nothing is read from configuration files.
 """
 
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import torch
 
-from . import checkpoints, engine
-from .likelihood import evaluate_bits_per_dim
-from .schedules import get_schedule
-from .unet import UNet
+from diffusion_lessons.likelihood import evaluate_bits_per_dim
+from diffusion_lessons.nets.unet import UNet
+from diffusion_lessons.noise.schedules import get_schedule
+from diffusion_lessons.training import checkpoints, engine
 
 OVERRIDES = {"steps": int, "batch_size": int, "lr": float, "seed": int, "max_examples": int}
 
@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``train``: run (or resume) :func:`~diffusion_lessons.engine.train`; rank 0 reports."""
+    """``train``: run (or resume) :func:`~diffusion_lessons.training.engine.train`; rank 0 reports."""
     result = engine.train(
         config_from_args(args),
         args.out,

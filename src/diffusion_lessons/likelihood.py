@@ -10,7 +10,7 @@ example, shape ``(B,)``; :func:`to_bits_per_dim` converts):
 
 The model is called as ``model(x_t, t)`` with ``x_t: (B, C, H, W)`` and ``t: (B,)`` in [0, 1], and
 returns ε̂. Images are scaled to [−1, 1] on a grid of ``bins`` values (256 for 8-bit data); the
-decoders are discretized Gaussians (:func:`~diffusion_lessons.distributions.discretized_gaussian_log_prob`).
+decoders are discretized Gaussians (:func:`~diffusion_lessons.gaussians.discretized_gaussian_log_prob`).
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .checks import check_positive_int
-from .distributions import (
+from diffusion_lessons.checks import check_positive_int
+from diffusion_lessons.denoisers.parameterizations import eps_to_x0
+from diffusion_lessons.gaussians import (
     bits_per_dim,
     discretized_gaussian_log_prob,
     kl_diag_gaussians,
 )
-from .forward import q_sample
-from .losses import prior_kl
-from .parameterizations import eps_to_x0
-from .posterior import posterior_mean_var
-from .schedules import MAX_BETA, Schedule
-from .vlb import log_snr_and_derivative
+from diffusion_lessons.noise.schedules import MAX_BETA, Schedule
+from diffusion_lessons.objectives.continuous_time import log_snr_and_derivative
+from diffusion_lessons.objectives.discrete_time import prior_kl
+from diffusion_lessons.process.forward import q_sample
+from diffusion_lessons.process.posterior import posterior_mean_var
 
 Model = Callable[[Tensor, Tensor], Tensor]
 

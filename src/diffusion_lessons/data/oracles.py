@@ -1,0 +1,91 @@
+"""Exact answers for data where they are known: E[x_0 | x_t] for a Gaussian mixture, the optimal
+denoiser of Gaussian data and its bound in closed form (discrete and continuous time).
+
+The data modules never import this one; tests and chapters hold learned objects against it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffusion_lessons.checks import (
+    append_dims,
+    promote_coefficient,
+)
+from diffusion_lessons.data.toy import GaussianMixture
+from diffusion_lessons.objectives.continuous_time import Denoiser
+
+
+def gaussian_optimal_x0(data_var: float) -> Denoiser:
+    """The exact E[x | z_t] for data x ∼ N(0, v I): x̂ = √ᾱ v z / (ᾱ v + σ²)."""
+
+    def x0_hat(z: Tensor, lam: Tensor) -> Tensor:
+        lam = promote_coefficient(append_dims(lam, z, name="log_snr", x_name="z"), z)
+        ab = torch.sigmoid(lam)
+        return (ab.sqrt() * data_var / (ab * data_var + 1.0 - ab)).to(z) * z
+
+    return x0_hat
+
+
+def gaussian_continuous_loss_exact(
+    data_var: float, dim: int, log_snr_max: float, log_snr_min: float
+) -> float:
+    """L_∞ of the optimal denoiser for x ∼ N(0, v I_D): (D/2) log((1 + v SNR_max)/(1 + v SNR_min)).
+
+    Its error E‖x − x̂‖² at SNR u is D v/(1 + v u), and L_∞ = ½ ∫_{SNR_min}^{SNR_max} of it du.
+    """
+    return (
+        0.5
+        * dim
+        * (
+            math.log1p(data_var * math.exp(log_snr_max))
+            - math.log1p(data_var * math.exp(log_snr_min))
+        )
+    )
+
+
+def gaussian_discrete_loss_exact(data_var: float, dim: int, log_snr: Tensor) -> float:
+    """L_T of the optimal denoiser for x ∼ N(0, v I_D), given λ at the T + 1 grid points ``(T + 1,)``.
+
+    L_T = ½ Σ_i (SNR_{i−1} − SNR_i) · D v/(1 + v SNR_i): an upper Riemann sum of L_∞'s integral.
+    """
+    snr = torch.exp(log_snr.double())
+    return float(0.5 * ((snr[:-1] - snr[1:]) * dim * data_var / (1 + data_var * snr[1:])).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic derivations shown on the page and re-run by the tests
+
+
+def mixture_posterior_mean(mixture: GaussianMixture, xt: Tensor, alpha_bar: float) -> Tensor:
+    """E[x_0 | x_t] exactly, when x_0 follows a Gaussian mixture (the target in ``eq-score-eps``).
+
+    With x_t = √ᾱ x_0 + σ ε and component k = N(μ_k, Σ_k), (x_0, x_t) is jointly Gaussian within
+    a component, so E[x_0 | x_t, k] = μ_k + √ᾱ Σ_k (ᾱ Σ_k + σ² I)⁻¹ (x_t − √ᾱ μ_k); averaging
+    with the responsibilities p(k | x_t) of the noised mixture (:meth:`.GaussianMixture.noised`)
+    gives E[x_0 | x_t] = Σ_k p(k | x_t) E[x_0 | x_t, k]. ``xt: (N, D)``, ``alpha_bar``: a float
+    in [0, 1]. Returns ``(N, D)``, float64.
+    """
+    if not isinstance(mixture, GaussianMixture):
+        raise ValueError(f"mixture must be a data.GaussianMixture, got {type(mixture).__name__}")
+    xt = torch.as_tensor(xt)
+    if xt.ndim != 2 or xt.shape[1] != mixture.dim:
+        raise ValueError(f"xt must have shape (N, {mixture.dim}), got {tuple(xt.shape)}")
+    if isinstance(alpha_bar, Tensor):
+        if alpha_bar.numel() != 1:
+            raise ValueError(
+                f"alpha_bar must be a single number, got shape {tuple(alpha_bar.shape)}"
+            )
+        alpha_bar = alpha_bar.item()
+    a = float(alpha_bar)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"alpha_bar must lie in [0, 1], got {alpha_bar!r}")
+    xt = xt.to(torch.float64)
+    noised = mixture.noised(a)
+    resp = noised.responsibilities(xt)  # (N, K)
+    gain = a**0.5 * mixture.covs @ torch.linalg.inv(noised.covs)  # (K, D, D)
+    diff = xt[:, None, :] - a**0.5 * mixture.means[None]  # (N, K, D)
+    per_component = mixture.means[None] + torch.einsum("kij,nkj->nki", gain, diff)
+    return (resp[..., None] * per_component).sum(1)

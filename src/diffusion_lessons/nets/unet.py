@@ -1,0 +1,252 @@
+"""The U-Net denoiser for images (Ronneberger et al. 2015, as adapted by Ho et al. 2020).
+
+ε̂_θ(x_t, t) for images ``x: (B, C, H, W)`` and a time ``t: (B,)`` in [0, 1]. The architecture is
+DDPM's (Ho et al. 2020, appendix B; the PixelCNN++ backbone): a stack of residual blocks with
+GroupNorm at each resolution, halving the resolution between levels on the way down and doubling
+it on the way up, with skip connections between the two paths, self-attention at the resolutions
+listed in ``attn_resolutions``, and the sinusoidal time embedding
+(:func:`~diffusion_lessons.nets.embedding.time_embedding`) added inside every residual block.
+
+:func:`ddpm_cifar10_config` gives the published 35.7M-parameter CIFAR-10 model and
+:func:`mnist_config` the book's small MNIST model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusion_lessons.checks import check_positive_int
+from diffusion_lessons.nets.embedding import time_embedding
+
+
+def _groups(channels: int, max_groups: int = 32) -> int:
+    """Number of GroupNorm groups: the largest power of two ≤ ``max_groups`` dividing ``channels``
+    that leaves at least 4 channels per group (DDPM's 32 groups for 128 channels and more).
+
+    One channel per group would make every per-channel bias just before the norm useless (its
+    gradient is exactly zero), and Adam would then turn rounding noise into steps.
+    """
+    groups = math.gcd(channels, max_groups)
+    while groups > 1 and channels // groups < 4:
+        groups //= 2
+    return groups
+
+
+class ResBlock(nn.Module):
+    """h ↦ h + F(h, emb): GroupNorm, SiLU, 3×3 conv, + projected embedding, GroupNorm, SiLU,
+    dropout, 3×3 conv (zero-initialised, so the block starts as the identity); a 1×1 conv matches
+    the channels of the skip path when they change. ``x: (B, in_ch, H, W)``, ``emb: (B, emb_dim)``
+    → ``(B, out_ch, H, W)``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H·W positions: ``(B, C, H, W) → (B, C, H, W)``.
+
+    h ↦ h + W_o softmax(QKᵀ/√C) V with Q, K, V 1×1 convolutions of GroupNorm(h) (Ho et al. 2020).
+    """
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(2, 3).unbind(1)
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The hyperparameters of a :class:`UNet` (all of them; saved in checkpoints).
+
+    ``image_size``: side of the square input; ``ch``: channels at full resolution; level i has
+    ``ch * ch_mult[i]`` channels and the resolution halves between levels; ``num_res_blocks``
+    residual blocks per level (one more on the way up); self-attention wherever the side length
+    is in ``attn_resolutions``.
+    """
+
+    image_size: int = 28
+    in_channels: int = 1
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (7,)
+    dropout: float = 0.1
+    t_scale: float = 1000.0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.image_size, name="image_size")
+        check_positive_int(self.in_channels, name="in_channels")
+        check_positive_int(self.ch, name="ch")
+        check_positive_int(self.num_res_blocks, name="num_res_blocks")
+        if not self.ch_mult or any(
+            isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.ch_mult
+        ):
+            raise ValueError(f"ch_mult must be a non-empty tuple of ints >= 1, got {self.ch_mult}")
+        if any(not isinstance(r, int) or r < 1 for r in self.attn_resolutions):
+            raise ValueError(f"attn_resolutions must hold ints >= 1, got {self.attn_resolutions}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        factor = 2 ** (len(self.ch_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size must be divisible by 2^(len(ch_mult) - 1) = {factor}, "
+                f"got {self.image_size} with ch_mult {self.ch_mult}"
+            )
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        for key in ("ch_mult", "attn_resolutions"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def ddpm_cifar10_config() -> UNetConfig:
+    """DDPM's CIFAR-10 model (Ho et al. 2020, appendix B): 35.7M parameters.
+
+    ch = 128, ch_mult = (1, 2, 2, 2) (32², 16², 8², 4²), 2 residual blocks per level,
+    self-attention at 16×16, dropout 0.1, 3 input channels.
+    """
+    return UNetConfig(
+        image_size=32,
+        in_channels=3,
+        ch=128,
+        ch_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
+    )
+
+
+def mnist_config(small: bool = False) -> UNetConfig:
+    """The book's MNIST model: 28² → 14² → 7², attention at 7×7.
+
+    ``small=False``: ch = 64, 2 residual blocks per level (about 6.5M parameters, for a GPU);
+    ``small=True``: ch = 32, 1 residual block per level (about 1.1M parameters).
+    """
+    if small:
+        return UNetConfig(image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
+    return UNetConfig(image_size=28, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2)
+
+
+class UNet(nn.Module):
+    """ε̂_θ(x_t, t): ``x: (B, C, H, W)``, ``t: (B,)`` in [0, 1] → ``(B, C, H, W)``.
+
+    H = W = ``config.image_size``. Built from a :class:`UNetConfig`
+    (``UNet(cfg)``) or from keyword arguments (``UNet(ch=64, ch_mult=(1, 2))``).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs):
+        super().__init__()
+        if config is not None and kwargs:
+            raise ValueError("pass either a UNetConfig or keyword arguments, not both")
+        cfg = config if config is not None else UNetConfig(**kwargs)
+        self.config = cfg
+        ch, emb_dim = cfg.ch, 4 * cfg.ch
+        self.t_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+
+        # Attention (or an identity, without parameters) after every residual block, decided by
+        # the side length ``res`` of that level.
+        def attn_or_identity(channels: int, res: int) -> nn.Module:
+            return AttnBlock(channels) if res in cfg.attn_resolutions else nn.Identity()
+
+        self.down = nn.ModuleList()
+        skip_chs, cur, res = [ch], ch, cfg.image_size
+        n_levels = len(cfg.ch_mult)
+        for level, mult in enumerate(cfg.ch_mult):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(cur, ch * mult, emb_dim, cfg.dropout))
+                cur = ch * mult
+                skip_chs.append(cur)
+            attn = nn.ModuleList(attn_or_identity(cur, res) for _ in range(cfg.num_res_blocks))
+            self.down.append(nn.ModuleDict({"res": blocks, "attn": attn}))
+            if level < n_levels - 1:
+                self.down[-1]["downsample"] = nn.Conv2d(cur, cur, 3, stride=2, padding=1)
+                skip_chs.append(cur)
+                res //= 2
+        self.mid1 = ResBlock(cur, cur, emb_dim, cfg.dropout)
+        self.mid_attn = AttnBlock(cur)
+        self.mid2 = ResBlock(cur, cur, emb_dim, cfg.dropout)
+        self.up = nn.ModuleList()
+        for level in reversed(range(n_levels)):
+            out = ch * cfg.ch_mult[level]
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResBlock(cur + skip_chs.pop(), out, emb_dim, cfg.dropout))
+                cur = out
+            attn = nn.ModuleList(attn_or_identity(cur, res) for _ in range(cfg.num_res_blocks + 1))
+            self.up.append(nn.ModuleDict({"res": blocks, "attn": attn}))
+            if level > 0:
+                self.up[-1]["upsample"] = nn.Conv2d(cur, cur, 3, padding=1)
+                res *= 2
+        self.norm_out = nn.GroupNorm(_groups(cur), cur)
+        self.conv_out = nn.Conv2d(cur, cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        cfg = self.config
+        c, s = cfg.in_channels, cfg.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
+            raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
+        emb = self.t_mlp(time_embedding(t * cfg.t_scale, cfg.ch).to(x.dtype))
+        h = self.conv_in(x)
+        hs = [h]
+        for level in self.down:
+            for res, attn in zip(level["res"], level["attn"], strict=True):
+                h = attn(res(h, emb))
+                hs.append(h)
+            if "downsample" in level:
+                h = level["downsample"](h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level in self.up:
+            for res, attn in zip(level["res"], level["attn"], strict=True):
+                h = attn(res(torch.cat([h, hs.pop()], dim=1), emb))
+            if "upsample" in level:
+                h = level["upsample"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

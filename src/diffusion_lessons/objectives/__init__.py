@@ -1,0 +1,5 @@
+"""The diffusion bound and the losses that train (chapters 4–6).
+
+- :mod:`~diffusion_lessons.objectives.discrete_time`      the diffusion ELBO on a grid of T steps; L_simple
+- :mod:`~diffusion_lessons.objectives.continuous_time`    the bound through the SNR; L_∞
+"""

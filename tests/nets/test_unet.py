@@ -1,0 +1,107 @@
+"""The U-Net: published parameter count, shapes, attention, refusals."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion_lessons.nets import unet
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_ddpm_cifar10_model_has_the_published_35_7m_parameters():
+    """Ho et al. (2020, appendix B) report 35.7M parameters for the CIFAR-10 model. The published
+    figure is rounded to 0.1M, so the count must lie within ±0.05M of it."""
+    count = unet.count_parameters(unet.UNet(unet.ddpm_cifar10_config()))
+    assert abs(count - 35.7e6) <= 0.05e6, count
+
+
+def test_parameter_count_of_a_one_level_unet_by_hand():
+    """One level, one res block, no attention, ch = 8, 1 input channel: count every layer by hand."""
+    m = unet.UNet(
+        image_size=4,
+        in_channels=1,
+        ch=8,
+        ch_mult=(1,),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        dropout=0.0,
+    )
+    conv = lambda i, o, k=3: i * o * k * k + o
+    lin = lambda i, o: i * o + o
+    gn = lambda c: 2 * c
+    emb = 32
+    res = lambda i, o: (
+        gn(i) + conv(i, o) + lin(emb, o) + gn(o) + conv(o, o) + (conv(i, o, 1) if i != o else 0)
+    )
+    attn = gn(8) + conv(8, 24, 1) + conv(8, 8, 1)
+    expected = (
+        lin(8, emb)
+        + lin(emb, emb)  # time MLP
+        + conv(1, 8)  # conv_in
+        + res(8, 8)  # down
+        + res(8, 8)
+        + attn
+        + res(8, 8)  # middle
+        + res(16, 8)
+        + res(16, 8)  # up: concatenated skips
+        + gn(8)
+        + conv(8, 1)  # out
+    )
+    assert unet.count_parameters(m) == expected
+
+
+def test_forward_shapes_and_time_dependence():
+    torch.manual_seed(0)
+    m = unet.UNet(
+        unet.UNetConfig(
+            image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0
+        )
+    ).eval()
+    assert any(isinstance(mod, unet.AttnBlock) for mod in m.modules())
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(m(x, torch.rand(3)), torch.zeros(3, 1, 8, 8)), "zero-initialised output"
+    for p in m.parameters():  # leave the zero init: every path is used
+        nn.init.normal_(p, std=0.2)
+    a, b = m(x, torch.full((3,), 0.1)), m(x, torch.full((3,), 0.9))
+    assert a.shape == (3, 1, 8, 8) and not torch.allclose(a, b)
+    assert torch.allclose(m(x[:1], torch.full((1,), 0.1)), a[:1], atol=1e-5), "no batch mixing"
+
+
+def test_attention_block_is_softmax_attention():
+    torch.manual_seed(0)
+    blk = unet.AttnBlock(8)
+    nn.init.normal_(blk.proj.weight, std=0.3)
+    x = torch.randn(2, 8, 3, 3)
+    q, k, v = blk.qkv(blk.norm(x)).flatten(2).chunk(3, dim=1)  # (B, C, N) each
+    w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(8), dim=-1)
+    out = torch.einsum("bij,bcj->bci", w, v).reshape(2, 8, 3, 3)
+    assert torch.allclose(blk(x), x + blk.proj(out), atol=1e-5)
+
+
+def test_book_mnist_configs_run_on_28x28():
+    for small in (True, False):
+        cfg = unet.mnist_config(small=small)
+        assert cfg.image_size == 28 and cfg.attn_resolutions == (7,)
+    m = unet.UNet(unet.mnist_config(small=True))
+    assert m(torch.randn(2, 1, 28, 28), torch.rand(2)).shape == (2, 1, 28, 28)
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="divisible"):
+        unet.UNetConfig(image_size=28, ch_mult=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="dropout"):
+        unet.UNetConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="ch_mult"):
+        unet.UNetConfig(ch_mult=())
+    with pytest.raises(ValueError, match="not both"):
+        unet.UNet(unet.UNetConfig(), ch=8)
+    m = unet.UNet(image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
+        m(torch.randn(2, 1, 16, 16), torch.rand(2))
+    with pytest.raises(ValueError, match="t must have shape"):
+        m(torch.randn(2, 1, 8, 8), torch.rand(3))
+    cfg = unet.ddpm_cifar10_config()
+    assert unet.UNetConfig.from_dict(cfg.to_dict()) == cfg
