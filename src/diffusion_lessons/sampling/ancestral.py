@@ -20,7 +20,6 @@ from diffusion_lessons.process.posterior import posterior_mean_var
 
 
 @torch.no_grad()
-@torch.no_grad()
 def ancestral_sample(
     model: Model,
     shape: Sequence[int],

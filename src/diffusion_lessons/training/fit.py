@@ -20,7 +20,6 @@ from diffusion_lessons.training.checkpoints import save_weights
 
 
 @dataclass
-@dataclass
 class History:
     """What :func:`fit` measured: the loss at every step and the wall-clock time."""
 
