@@ -37,3 +37,25 @@ def test_setup_cpu_uses_one_thread_without_cuda():
         assert torch.get_num_threads() == (before if torch.cuda.is_available() else 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_sizes_picks_by_scale(monkeypatch):
+    monkeypatch.setenv(pages.SCALE_ENV, "small")
+    assert pages.sizes(small={"steps": 1}, full={"steps": 9}) == {"steps": 1}
+    monkeypatch.setenv(pages.SCALE_ENV, "full")
+    assert pages.sizes(small={"steps": 1}, full={"steps": 9}) == {"steps": 9}
+
+
+def test_sizes_rejects_mismatched_sizes():
+    with pytest.raises(ValueError, match="only in small \\['b'\\]"):
+        pages.sizes(small={"a": 1, "b": 2}, full={"a": 3})
+    with pytest.raises(TypeError, match="one type"):
+        pages.sizes(small={"a": 1}, full=3)
+
+
+def test_show_source_is_the_function_source_as_markdown():
+    shown = pages.show_source(pages.sizes)
+    text = getattr(shown, "data", shown)
+    assert text.startswith("```python\ndef sizes(")
+    assert text.endswith("```")
+    assert "return full if scale() == " in text

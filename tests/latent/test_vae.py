@@ -12,7 +12,7 @@ from diffusion_lessons import gaussians as dist
 from diffusion_lessons.latent import vae
 from diffusion_lessons.latent.estimators import iwae_bound
 from diffusion_lessons.noise import schedules
-from diffusion_lessons.objectives import continuous_time
+from diffusion_lessons.objectives import nelbo
 from diffusion_lessons.training.fit import fit
 
 
@@ -135,7 +135,7 @@ def test_lower_level_term_is_not_a_kl_and_can_be_negative():
 def test_diffusion_top_term_against_monte_carlo_and_the_prior_term():
     """The top term of eq-hvae-elbo with the forward process as encoder: closed form against a
     Monte Carlo average of log q(x_T | x_{T−1}) − log N(x_T; 0, I); for T = 1 it is the prior
-    KL(q(x_1 | x_0) ‖ N(0, I)) (continuous_time.prior_loss); on DDPM's schedule it is ≈ −½ log β_T per dim."""
+    KL(q(x_1 | x_0) ‖ N(0, I)) (nelbo.prior_kl); on DDPM's schedule it is ≈ −½ log β_T per dim."""
     x0 = _digits().test[:3].double()
     betas = schedules.betas_linear(1000)
     abar = schedules.alpha_bar_from_betas(betas)
@@ -155,7 +155,7 @@ def test_diffusion_top_term_against_monte_carlo_and_the_prior_term():
         per_dim, torch.full_like(per_dim, -0.5 * math.log(0.02)), atol=2e-3, rtol=0
     )
     one = torch.tensor([0.3], dtype=torch.float64)
-    prior = continuous_time.prior_loss(x0, torch.log((1 - one) / one))
+    prior = nelbo.prior_kl(x0, torch.log((1 - one) / one))
     torch.testing.assert_close(vae.diffusion_top_term(x0, one), prior, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="betas"):
         vae.diffusion_top_term(x0, torch.tensor([0.5, 1.5]))

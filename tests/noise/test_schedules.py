@@ -150,3 +150,21 @@ def test_discrete_betas_are_capped_by_default_so_they_are_valid_betas():
     assert cos.discrete_betas(1000, max_beta=1.0)[-1].item() == 1.0, (
         "uncapped: 1 to double precision"
     )
+
+
+def test_alpha_bar_grid_starts_at_one_and_follows_the_schedule():
+    schedule = schedules.get_schedule("linear_log_snr", log_snr_max=6.0, log_snr_min=-7.0)
+    grid = schedule.alpha_bar_grid(10)
+    assert grid.shape == (11,) and grid[0].item() == 1.0
+    t = torch.arange(1, 11, dtype=torch.float64) / 10
+    assert torch.allclose(grid[1:], torch.sigmoid(6.0 - 13.0 * t), rtol=1e-14, atol=0)
+
+
+def test_from_endpoints_has_the_endpoints_and_the_shape():
+    s = schedules.from_endpoints(lambda t: t**2, log_snr_max=10.0, log_snr_min=-4.0)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(s.log_snr(t), torch.tensor([10.0, 10.0 - 14.0 * 0.25, -4.0]).double())
+    with pytest.raises(ValueError, match="shape must map 0 to 0 and 1 to 1"):
+        schedules.from_endpoints(lambda t: t + 0.1)
+    with pytest.raises(ValueError, match="log_snr_max > log_snr_min"):
+        schedules.from_endpoints(lambda t: t, log_snr_max=-5.0, log_snr_min=1.0)

@@ -15,7 +15,7 @@ from scipy import integrate, stats
 
 from diffusion_lessons.data import oracles
 from diffusion_lessons.noise import schedules, time_sampling
-from diffusion_lessons.objectives import continuous_time
+from diffusion_lessons.objectives import continuous_time, nelbo
 from diffusion_lessons.symbolic import snr_bound
 
 V, D = 0.5, 3
@@ -213,7 +213,7 @@ def test_prior_and_reconstruction_terms():
     q = torch.distributions.Normal(ab.sqrt() * x, (1 - ab).sqrt())
     p = torch.distributions.Normal(torch.zeros_like(x), torch.ones_like(x))
     expected = torch.distributions.kl_divergence(q, p).sum(1)
-    assert torch.allclose(continuous_time.prior_loss(x, lam1), expected)
+    assert torch.allclose(nelbo.prior_kl(x, lam1), expected)
     lam0 = torch.tensor(5.0, dtype=torch.float64)
     ab0 = torch.sigmoid(lam0)
     x1 = x[:1].expand(100_000, D)
@@ -228,15 +228,15 @@ def test_prior_and_reconstruction_terms():
 
 
 @pytest.mark.parametrize("lam1", [-3.3, torch.tensor(-3.3, dtype=torch.float64)])
-def test_prior_loss_of_float64_data_is_exact_for_a_python_float(lam1):
-    """prior_loss against ½ Σ (ᾱ x² + σ² − 1 − log σ²) in math, to 1e-14 (a few float64 roundings
+def test_prior_kl_of_float64_data_is_exact_for_a_python_float(lam1):
+    """prior_kl against ½ Σ (ᾱ x² + σ² − 1 − log σ²) in math, to 1e-14 (a few float64 roundings
     of a term near 0.1). The old code rounded λ = −3.3 to float32 first: off by 5e-9."""
     x, _ = gaussian_data(5, seed=3)
     ab = 1 / (1 + math.exp(3.3))
     expected = [
         0.5 * sum(ab * v * v + (1 - ab) - 1 - math.log1p(-ab) for v in row) for row in x.tolist()
     ]
-    got = continuous_time.prior_loss(x, lam1)
+    got = nelbo.prior_kl(x, lam1)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-14)
 
@@ -256,8 +256,8 @@ def test_endpoint_terms_of_float32_data_follow_the_float64_ones():
     per-dimension constant σ² − 1 − log σ² is formed in float64 and no longer cancels)."""
     x, _ = gaussian_data(6, seed=4)
     for lam1 in (-3.3, -5.0, torch.tensor([-3.3] * 6, dtype=torch.float64)):
-        got = continuous_time.prior_loss(x.float(), lam1)
-        ref = continuous_time.prior_loss(x.float().double(), lam1)
+        got = nelbo.prior_kl(x.float(), lam1)
+        ref = nelbo.prior_kl(x.float().double(), lam1)
         assert got.dtype == torch.float32
         # D = 3 squares, their sum, two products, the constant, the final sum: all terms are
         # positive, so at most 8 float32 roundings of 2^-24 each, relative
@@ -266,8 +266,8 @@ def test_endpoint_terms_of_float32_data_follow_the_float64_ones():
     # −log σ² − ᾱ ≈ 0.0363 − 0.0356 loses 2 digits: a relative error of ~1e-5 of the term
     lam32 = torch.tensor([-3.3] * 6)
     torch.testing.assert_close(
-        continuous_time.prior_loss(x.float(), lam32).double(),
-        continuous_time.prior_loss(x, lam32),
+        nelbo.prior_kl(x.float(), lam32).double(),
+        nelbo.prior_kl(x, lam32),
         rtol=1e-5,
         atol=0,
     )

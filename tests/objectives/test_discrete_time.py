@@ -8,7 +8,7 @@ from scipy.stats import norm
 
 from diffusion_lessons.data import oracles, toy
 from diffusion_lessons.noise.schedules import alpha_bar_from_betas, betas_linear
-from diffusion_lessons.objectives import discrete_time
+from diffusion_lessons.objectives import discrete_time, simple
 from diffusion_lessons.process import posterior
 
 AB = alpha_bar_from_betas(betas_linear(100, 1e-3, 0.2))  # T = 100, ᾱ_0 = 1
@@ -123,7 +123,7 @@ def test_denoising_loss_is_zero_for_the_exact_answer_on_a_point_mass(param):
     }[param]
     model = grid_model(exact, AB)
     x0 = point.expand(64, 2).clone()
-    loss = discrete_time.denoising_loss(
+    loss = simple.denoising_loss(
         model, x0, torch.Generator().manual_seed(8), alpha_bar=AB, parameterization=param
     )
     assert loss.item() < 1e-18
@@ -133,7 +133,7 @@ def test_bad_input():
     x0 = torch.zeros(3, 2)
     model = lambda x, t: x  # noqa: E731
     with pytest.raises(ValueError, match=r"unknown parameterization 'v'"):
-        discrete_time.denoising_loss(model, x0, None, alpha_bar=AB, parameterization="v")
+        simple.denoising_loss(model, x0, None, alpha_bar=AB, parameterization="v")
     with pytest.raises(ValueError, match=r"unknown parameterization 'v'"):
         discrete_time.elbo_loss(model, x0, None, alpha_bar=AB, parameterization="v")
     with pytest.raises(ValueError, match=r"i must lie in 1..100"):
@@ -165,7 +165,7 @@ def test_three_parameterizations_learn_the_exact_posterior_mean():
         model = mlp.MLPDenoiser(dim=2, hidden=64, depth=2)
         fit(
             model,
-            lambda m, b, g, p=p: discrete_time.denoising_loss(
+            lambda m, b, g, p=p: simple.denoising_loss(
                 m, b[0], g, alpha_bar=AB, parameterization=p
             ),
             x,

@@ -1,4 +1,4 @@
-"""Helpers for the book's pages: numbers glued into the prose, and the CPU/GPU size switch.
+"""Helpers for the book's pages: numbers glued into the prose, the CPU/GPU size switch, sources.
 
 Pages run in three places: the book build (MyST-NB), Jupyter, and Colab (where MyST-NB is not
 installed). These helpers behave the same in all three.
@@ -6,8 +6,10 @@ installed). These helpers behave the same in all three.
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Any
+import textwrap
+from typing import Any, TypeVar
 
 import torch
 
@@ -57,3 +59,46 @@ def setup_cpu() -> None:
     """
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
+
+
+Sizes = TypeVar("Sizes")
+
+
+def sizes(*, small: Sizes, full: Sizes) -> Sizes:
+    """The chapter's sizes for this run: ``small`` on a CPU, ``full`` on a GPU (see :func:`scale`).
+
+    The one idiom for the size switch: a page writes both sets of sizes once, side by side (a
+    dict or a small dataclass), and reads the one that applies, e.g.
+    ``S = pages.sizes(small={"steps": 1500}, full={"steps": 4000})``.
+    """
+    if type(small) is not type(full):
+        raise TypeError(
+            f"small and full must be of one type, got {type(small).__name__} and "
+            f"{type(full).__name__}"
+        )
+    if isinstance(small, dict) and small.keys() != full.keys():
+        raise ValueError(
+            f"small and full must name the same sizes: only in small {sorted(small.keys() - full.keys())}"
+            f", only in full {sorted(full.keys() - small.keys())}"
+        )
+    return full if scale() == "full" else small
+
+
+def source(obj: Any) -> str:
+    """The source code of a library function or class, dedented (what :func:`show_source` shows)."""
+    return textwrap.dedent(inspect.getsource(obj))
+
+
+def show_source(obj: Any):
+    """Display the source of ``obj`` as a highlighted code block, and return it.
+
+    A page calls this before using a derivation from :mod:`diffusion_lessons.symbolic`, so the
+    reader sees the algebra, not only its result. The block is Markdown, which the book, Jupyter
+    and Colab all render; without IPython the text is returned unchanged.
+    """
+    text = f"```python\n{source(obj).rstrip()}\n```"
+    try:
+        from IPython.display import Markdown
+    except ImportError:  # pragma: no cover - IPython ships with every notebook front end
+        return text
+    return Markdown(text)

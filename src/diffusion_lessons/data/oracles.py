@@ -15,7 +15,7 @@ from diffusion_lessons.checks import (
     promote_coefficient,
 )
 from diffusion_lessons.data.toy import GaussianMixture
-from diffusion_lessons.objectives.continuous_time import Denoiser
+from diffusion_lessons.denoisers.denoiser import Denoiser
 
 
 def gaussian_optimal_x0(data_var: float) -> Denoiser:
@@ -53,10 +53,6 @@ def gaussian_discrete_loss_exact(data_var: float, dim: int, log_snr: Tensor) -> 
     """
     snr = torch.exp(log_snr.double())
     return float(0.5 * ((snr[:-1] - snr[1:]) * dim * data_var / (1 + data_var * snr[1:])).sum())
-
-
-# ---------------------------------------------------------------------------------------------
-# Symbolic derivations shown on the page and re-run by the tests
 
 
 def mixture_posterior_mean(mixture: GaussianMixture, xt: Tensor, alpha_bar: float) -> Tensor:

@@ -183,7 +183,3 @@ class Checkerboard:
         out = torch.full((x.shape[0],), -math.inf, dtype=torch.float64)
         out[inside & dark] = -math.log(area)
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Images

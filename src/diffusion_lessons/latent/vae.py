@@ -382,7 +382,7 @@ def diffusion_top_term(x0: Tensor, betas: Tensor) -> Tensor:
     ½ [β_T + α_T E[x_{T−1}² | x_0] − 1 − log β_T] with E[x_{T−1}² | x_0] = ᾱ_{T−1} x_0² + 1 − ᾱ_{T−1}.
     ``x0: (B, ...)``, ``betas``: β_1..β_T, shape ``(T,)``. This one-step term stays large (about
     −½ log β_T per dimension); it is *not* the prior term KL(q(x_T | x_0) ‖ N(0, I)) of the
-    re-conditioned ELBO (:func:`diffusion_lessons.objectives.continuous_time.prior_loss`), which the schedule makes small.
+    re-conditioned ELBO (:func:`diffusion_lessons.objectives.nelbo.prior_kl`), which the schedule makes small.
     """
     betas = check_betas(betas).double()
     if x0.ndim < 1:

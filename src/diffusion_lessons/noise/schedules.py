@@ -121,6 +121,17 @@ class Schedule(FromLogSNR):
         grid = torch.arange(T + 1, dtype=torch.float64) / T
         return self.alpha_bar(grid)
 
+    def alpha_bar_grid(self, T: int) -> Tensor:
+        """The grid of a T-step chain: ᾱ_0 = 1 (x_0 is the data itself), ᾱ_i = ᾱ(i/T) for i = 1..T.
+
+        Shape ``(T + 1,)``, float64. This is :meth:`discrete_alpha_bar` with its first entry set to 1,
+        which the discrete bound needs even when the schedule's own ᾱ(0) is below 1; use
+        :meth:`ddpm_alpha_bar` for a schedule whose last step must be capped (cosine).
+        """
+        ab = self.discrete_alpha_bar(T).clone()
+        ab[0] = 1.0
+        return ab
+
     def discrete_betas(self, T: int, max_beta: float = MAX_BETA) -> Tensor:
         """β_i = min(1 − ᾱ(i/T) / ᾱ((i−1)/T), ``max_beta``) for i = 1..T: shape ``(T,)``, float64.
 
@@ -179,6 +190,23 @@ def get_schedule(name: str, **params: float) -> Schedule:
     return Schedule(name, fn)
 
 
+def from_endpoints(
+    shape: Callable[[Tensor], Tensor], log_snr_max: float = 13.3, log_snr_min: float = -5.0
+) -> Schedule:
+    """The schedule λ(t) = λ_max + (λ_min − λ_max) g(t) with the given endpoints and shape g.
+
+    ``shape`` is an increasing g on [0, 1] with g(0) = 0 and g(1) = 1 (g(t) = t is VDM's linear
+    log-SNR). The continuous-time bound depends on a schedule only through its endpoints
+    (``eq-vlb-continuous``), so schedules made here with the same endpoints have the same L_∞.
+    """
+    ends = shape(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    if not torch.allclose(ends, torch.tensor([0.0, 1.0], dtype=torch.float64), atol=1e-9):
+        raise ValueError(f"shape must map 0 to 0 and 1 to 1, got g(0), g(1) = {ends.tolist()}")
+    if not log_snr_max > log_snr_min:
+        raise ValueError(f"need log_snr_max > log_snr_min, got {log_snr_max} and {log_snr_min}")
+    return Schedule("custom", lambda t: log_snr_max + (log_snr_min - log_snr_max) * shape(t))
+
+
 # ---------------------------------------------------------------------------------------------
 # Discrete time, defined by betas.
 
@@ -225,3 +253,13 @@ def snr_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
 def log_snr_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
     """λ = log ᾱ − log(1 − ᾱ), the inverse of ᾱ = sigmoid(λ)."""
     return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+
+
+def check_alpha_bar_grid(alpha_bar: Tensor) -> Tensor:
+    """Return ``alpha_bar: (T + 1,)`` as float64 after checking 1 ≥ ᾱ_0 > ᾱ_1 > … > ᾱ_T ≥ 0."""
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    if ab.ndim != 1 or ab.numel() < 2:
+        raise ValueError(f"alpha_bar must have shape (T + 1,) with T >= 1, got {tuple(ab.shape)}")
+    if (ab > 1).any() or (ab < 0).any() or (ab[1:] >= ab[:-1]).any():
+        raise ValueError("alpha_bar must decrease strictly from ᾱ_0 <= 1 to ᾱ_T >= 0")
+    return ab

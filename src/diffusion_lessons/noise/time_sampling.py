@@ -61,5 +61,9 @@ def steps_from_times(t: Tensor, T: int) -> Tensor:
     return torch.clamp(torch.floor(t * T).long() + 1, min=1, max=T)
 
 
-# ---------------------------------------------------------------------------------------------
-# Derivative of the SNR
+def uniform_steps(
+    n: int, T: int, *, generator: torch.Generator | None = None, device=None
+) -> Tensor:
+    """Steps i drawn independently and uniformly from {1..T}: ``(n,)`` long (one per example)."""
+    check_positive_int(T, name="T")
+    return torch.randint(1, T + 1, (n,), generator=generator, device=device)

@@ -27,8 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_lessons.checks import (
-    append_dims,
-    as_coefficient,
     check_choice,
     check_positive_int,
     check_step,
@@ -42,6 +40,7 @@ from diffusion_lessons.noise.time_sampling import (
     sample_times,
     uniform_times,
 )
+from diffusion_lessons.objectives.nelbo import prior_kl
 from diffusion_lessons.process.forward import q_sample
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -54,7 +53,7 @@ class LogSNRSchedule(Protocol):
 
 
 # ---------------------------------------------------------------------------------------------
-# Time samplers
+# The log-SNR and its derivative
 
 
 def log_snr_and_derivative(
@@ -199,22 +198,6 @@ def batch_mean_estimates(
 # The two endpoint terms, so that the whole bound is −log p(x) ≤ prior + reconstruction + L
 
 
-def prior_loss(x0: Tensor, log_snr_1: Tensor | float) -> Tensor:
-    """KL(q(z_1 | x) ‖ N(0, I)) with q(z_1 | x) = N(√ᾱ_1 x, σ_1² I): ``(B,)`` (a term of ``eq-vlb-total``).
-
-    Per dimension ½ (ᾱ_1 x² + σ_1² − 1 − log σ_1²) = ½ ᾱ_1 x² + ½ (−log σ_1² − ᾱ_1). The
-    coefficients come from λ_1 in the promoted dtype of λ_1 and x0 (float64 for a Python float),
-    then are cast to x0's dtype once, so σ² − 1 − log σ² does not cancel in float32.
-    """
-    lam = append_dims(as_coefficient(log_snr_1), x0, name="log_snr_1", x_name="x0")
-    lam = promote_coefficient(lam, x0)
-    ab = torch.sigmoid(lam)
-    per_dim_const = 0.5 * (-torch.nn.functional.logsigmoid(-lam) - ab)  # ½ (σ² − 1 − log σ²)
-    sq = (x0**2).reshape(x0.shape[0], -1).sum(1)
-    d = x0[0].numel()
-    return 0.5 * ab.to(x0).reshape(-1) * sq + (d * per_dim_const).to(x0).reshape(-1)
-
-
 def gaussian_reconstruction_loss(x0: Tensor, log_snr_0: Tensor | float) -> Tensor:
     """E_ε[−log p(x | z_0)] for the decoder p(x | z_0) = N(x; z_0/√ᾱ_0, e^{−λ_0} I): ``(B,)``.
 
@@ -238,7 +221,7 @@ def negative_elbo(
     """Per-example prior + reconstruction + L_∞ estimate: an upper bound on −log p(x) in nats ``(B,)``."""
     ends = schedule.log_snr(torch.tensor([0.0, 1.0], dtype=torch.float64, device=x0.device))
     diff = continuous_diffusion_loss(x0, x0_hat, schedule, t, eps, create_graph=create_graph)
-    return prior_loss(x0, ends[1]) + gaussian_reconstruction_loss(x0, ends[0]) + diff
+    return prior_kl(x0, ends[1]) + gaussian_reconstruction_loss(x0, ends[0]) + diff
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,23 +30,15 @@ import torch
 from torch import Tensor
 
 from diffusion_lessons import gaussians
-from diffusion_lessons.checks import append_dims, check_choice, check_step
+from diffusion_lessons.checks import check_choice, check_step
 from diffusion_lessons.denoisers.parameterizations import PARAMETERIZATIONS, convert
-from diffusion_lessons.objectives.continuous_time import prior_loss
+from diffusion_lessons.noise.schedules import check_alpha_bar_grid
+from diffusion_lessons.noise.time_sampling import uniform_steps
+from diffusion_lessons.objectives import nelbo
 from diffusion_lessons.process.forward import q_sample
 from diffusion_lessons.process.posterior import posterior_mean_var
 
 Model = Callable[[Tensor, Tensor], Tensor]
-
-
-def check_alpha_bar_grid(alpha_bar: Tensor) -> Tensor:
-    """Return ``alpha_bar: (T + 1,)`` as float64 after checking 1 ≥ ᾱ_0 > ᾱ_1 > … > ᾱ_T ≥ 0."""
-    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
-    if ab.ndim != 1 or ab.numel() < 2:
-        raise ValueError(f"alpha_bar must have shape (T + 1,) with T >= 1, got {tuple(ab.shape)}")
-    if (ab > 1).any() or (ab < 0).any() or (ab[1:] >= ab[:-1]).any():
-        raise ValueError("alpha_bar must decrease strictly from ᾱ_0 <= 1 to ᾱ_T >= 0")
-    return ab
 
 
 def predict_x0(
@@ -67,9 +59,9 @@ def prior_kl(x0: Tensor, alpha_bar_T: Tensor | float) -> Tensor:
     ab = torch.as_tensor(alpha_bar_T, dtype=torch.float64)
     if ab.numel() and ((ab < 0).any() or (ab >= 1).any()):
         raise ValueError(f"alpha_bar_T must lie in [0, 1), got {ab.min().item():.6g}")
-    # The same KL in log-SNR form, computed once (vlb.prior_loss): its per-dimension constant
+    # The same KL in log-SNR form, computed once (nelbo.prior_kl): its per-dimension constant
     # ½(σ² − 1 − log σ²) is formed without cancellation, even for float32 data.
-    return prior_loss(x0, torch.log(ab) - torch.log1p(-ab))
+    return nelbo.prior_kl(x0, torch.log(ab) - torch.log1p(-ab))
 
 
 def reconstruction_nll(
@@ -127,10 +119,6 @@ def snr_weighted_mse(
     weight = 0.5 * (ab_prev / (1 - ab_prev) - ab / (1 - ab))
     sq = ((x0_hat - x0) ** 2).reshape(x0.shape[0], -1).sum(1)
     return weight.to(sq) * sq
-
-
-def _random_steps(n: int, low: int, T: int, generator: torch.Generator | None, device) -> Tensor:
-    return torch.randint(low, T + 1, (n,), generator=generator, device=device)
 
 
 def nelbo_terms(
@@ -194,7 +182,7 @@ def elbo_loss(
         raise ValueError(f"elbo_loss needs T >= 2 steps, got alpha_bar of shape {tuple(ab.shape)}")
     if decoder_log_scale is None:
         decoder_log_scale = 0.5 * math.log1p(-ab[1].item())
-    i = _random_steps(x0.shape[0], 1, T, generator, x0.device)
+    i = uniform_steps(x0.shape[0], T, generator=generator, device=x0.device)
     xt, _ = q_sample(x0, ab[i].to(x0), generator=generator)
     x0_hat = predict_x0(model, xt, i, ab, parameterization=parameterization)
     recon = reconstruction_nll(x0, x0_hat, decoder_log_scale, bins=bins)
@@ -204,43 +192,6 @@ def elbo_loss(
     sq = ((x0_hat - x0) ** 2).reshape(x0.shape[0], -1).sum(1)
     step_term = torch.where(i == 1, recon, weight.to(sq) * sq)
     return (prior_kl(x0, ab[T]) + T * step_term).mean()
-
-
-def denoising_loss(
-    model: Model,
-    x0: Tensor,
-    generator: torch.Generator | None,
-    *,
-    alpha_bar: Tensor,
-    parameterization: str,
-) -> Tensor:
-    """Mean squared error of the model's output against its own target, t uniform on 1..T.
-
-    The target is x_0 for ``"x0"``, ε for ``"eps"`` and ∇ log q(x_t | x_0) = −ε/σ_t for
-    ``"score"`` (denoising score matching, Vincent 2011). In x_0 units each is the ELBO's
-    squared error with the weight of :func:`~diffusion_lessons.denoisers.parameterizations.implied_x0_weight`
-    (``eq-implied-weights``). Returns a scalar (mean over examples and dimensions).
-    """
-    check_choice(parameterization, PARAMETERIZATIONS, name="parameterization")
-    ab = check_alpha_bar_grid(alpha_bar).to(x0.device)
-    T = len(ab) - 1
-    i = _random_steps(x0.shape[0], 1, T, generator, x0.device)
-    ab_i = ab[i].to(x0)
-    xt, eps = q_sample(x0, ab_i, generator=generator)
-    t = i.to(x0.dtype) / T
-    pred = model(xt, t)
-    if pred.shape != x0.shape:
-        raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
-    sigma = append_dims((1 - ab_i).sqrt(), x0)
-    target = {"x0": x0, "eps": eps, "score": -eps / sigma}[parameterization]
-    return ((pred - target) ** 2).mean()
-
-
-def l_simple(
-    model: Model, x0: Tensor, generator: torch.Generator | None, *, alpha_bar: Tensor
-) -> Tensor:
-    """DDPM's L_simple = E_{t, x_0, ε} ‖ε − ε̂_θ(x_t, t)‖² (Ho et al. 2020, eq. 14; weighting in ``eq-implied-weights``)."""
-    return denoising_loss(model, x0, generator, alpha_bar=alpha_bar, parameterization="eps")
 
 
 def gaussian_chain_elbo_terms(

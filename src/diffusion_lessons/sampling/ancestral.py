@@ -15,7 +15,8 @@ from torch import Tensor
 
 from diffusion_lessons.checks import check_choice
 from diffusion_lessons.denoisers.parameterizations import PARAMETERIZATIONS
-from diffusion_lessons.objectives.discrete_time import Model, check_alpha_bar_grid, predict_x0
+from diffusion_lessons.noise.schedules import check_alpha_bar_grid
+from diffusion_lessons.objectives.discrete_time import Model, predict_x0
 from diffusion_lessons.process.posterior import posterior_mean_var
 
 
