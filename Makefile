@@ -73,7 +73,7 @@ if first:
 endef
 export EXPLAIN_FAILURE
 
-.PHONY: help venv lock book book-test site-zip test test-lib lint format sync clean clean-cache
+.PHONY: help venv lock book book-test site-zip test fast test-lib api-pages lint format sync clean clean-cache
 
 # The installed distributions that requirements.txt does not list (the library excepted).
 define NOT_IN_LOCK
@@ -87,7 +87,9 @@ export NOT_IN_LOCK
 
 help:
 	@echo "make book   build the HTML book (executes every chapter) and its offline zip"
-	@echo "make test   lint, build the book with warnings as errors, run the whole test suite"
+	@echo "make test   what CI runs: make fast, the book with warnings as errors, the slow and book tests"
+	@echo "make fast   lint and the fast tests (about a minute)"
+	@echo "make api-pages  rewrite book/api/ from the package maps (after adding or moving a module)"
 	@echo "make sync   regenerate the paired .ipynb files from the .md chapters"
 	@echo "make lock   regenerate requirements.txt (the hashed lock) from requirements.in"
 
@@ -160,14 +162,29 @@ sync: $(STAMP)
 # of two differently written computations. The book's HTML tests skip in that pass (no new HTML).
 SECOND_KERNEL_PATH ?= default
 CPU_KERNELS = $(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"
-test: lint book-test
-	DIFFUSION_LESSONS_BOOK_HTML=$(abspath $(BUILD))/html $(BIN)/python -m pytest -ra --durations=10 tests
+# make test runs, and fails at the first stage that fails:
+#   1. make fast: lint and the fast tests (under a minute; the library and the chapters' sources);
+#   2. the book, every chapter executed afresh, warnings as errors (book-test);
+#   3. the slow tests (Colab-style chapter runs, environments) and the built book's (HTML, browser);
+#   4. the whole suite again on PyTorch's portable CPU kernels (the built book's tests skip there).
+test: fast book-test
+	DIFFUSION_LESSONS_BOOK_HTML=$(abspath $(BUILD))/html $(BIN)/python -m pytest -ra --durations=10 \
+	  -m "slow or built_book" tests
 	@echo "Second pass: PyTorch CPU kernels $$($(CPU_KERNELS)) -> \
 	$$(ATEN_CPU_CAPABILITY=$(SECOND_KERNEL_PATH) $(CPU_KERNELS))"
 	ATEN_CPU_CAPABILITY=$(SECOND_KERNEL_PATH) $(BIN)/python -m pytest -ra --durations=10 tests
 
-test-lib: $(STAMP)
-	$(BIN)/python -m pytest -ra -m "not slow" tests
+# The fast job: lint, then every test that needs neither a built book nor minutes (make test runs
+# it first, so a broken library fails in about a minute, before the book is built).
+fast: lint
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -ra --durations=5 -m "not slow and not built_book" tests; \
+	  rc=$$?; echo "fast tests took $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test-lib: fast
+
+# book/api/: one page per module, from the package maps (run after adding or moving a module).
+api-pages: $(STAMP)
+	$(BIN)/python book/api/write_pages.py
 
 clean:
 	rm -rf $(BUILD)

@@ -48,6 +48,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that read the built book carry the marker ``built_book`` (make fast leaves them out)."""
+    for item in items:
+        if "book_html" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.built_book)
+
+
 REPORT_LINES: list[str] = []
 """Measurements that tests want shown at the end of the run (chapter times, for instance)."""
 
