@@ -1,4 +1,5 @@
-"""Bits/dim of images: each term of the two ELBOs against an independent calculation."""
+"""Bits/dim of images: the loop of likelihood.py, and each term of the two image bounds
+(discrete_time.ddpm_terms, continuous_time.vdm_terms) against an independent calculation."""
 
 import math
 
@@ -8,7 +9,9 @@ from scipy.stats import norm
 from torch import nn
 
 from diffusion_lessons import likelihood
+from diffusion_lessons.denoisers.denoiser import FromEps
 from diffusion_lessons.noise import schedules
+from diffusion_lessons.objectives import continuous_time, discrete_time
 
 MU, S = 0.1, 0.15  # Gaussian "images": every pixel ~ N(MU, S²), independent
 SHAPE = (1, 4, 4)
@@ -18,17 +21,19 @@ D = 16
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class OptimalDenoiser(nn.Module):
-    """E[ε | x_t] for x_0 ~ N(MU, S² I): σ (x_t − √ᾱ MU) / (ᾱ S² + σ²) (Gaussian conditioning)."""
+class OptimalEps(nn.Module):
+    """E[ε | x_t] for x_0 ~ N(MU, S² I): σ (x_t − √ᾱ MU) / (ᾱ S² + σ²) (Gaussian conditioning),
+    an ε-network conditioned on λ (wrapped as FromEps(OptimalEps()))."""
 
-    def __init__(self, schedule):
-        super().__init__()
-        self.schedule = schedule
-
-    def forward(self, xt, t):
-        lam = self.schedule.log_snr(t.double())[:, None, None, None]
+    def forward(self, xt, lam):
+        lam = lam.double()[:, None, None, None]
         ab, s2 = torch.sigmoid(lam), torch.sigmoid(-lam)
         return (s2.sqrt() * (xt.double() - ab.sqrt() * MU) / (ab * S**2 + s2)).to(xt.dtype)
+
+
+def OptimalDenoiser(schedule=None):  # noqa: N802 (reads as the class it wraps)
+    """The exact E[x_0 | x_t] as a denoiser D(x_t, λ); the schedule is not needed (λ is given)."""
+    return FromEps(OptimalEps())
 
 
 def _gaussian_images(n, seed=0):
@@ -45,7 +50,8 @@ def test_continuous_diffusion_term_matches_the_closed_form_for_gaussian_data():
     x0 = _gaussian_images(n)
     g = torch.Generator().manual_seed(1)
     t, eps = torch.rand(n, generator=g), torch.randn(x0.shape, generator=g)
-    est = likelihood.continuous_diffusion_term(OptimalDenoiser(sched), x0, t, eps, sched)
+    x0, eps = x0.double(), eps.double()
+    est = continuous_time.continuous_diffusion_loss(x0, OptimalDenoiser(sched), sched, t, eps)
     lam0, lam1 = 13.3, -5.0
     exact = D / 2 * math.log((1 + S**2 * math.exp(lam0)) / (1 + S**2 * math.exp(lam1)))
     tol = 4 * est.std().item() / math.sqrt(n)
@@ -57,8 +63,8 @@ def test_vdm_reconstruction_is_the_discretized_gaussian_of_scipy():
     sched = schedules.get_schedule("linear_log_snr", log_snr_max=8.0)  # σ_0/α_0 = e^{-4}
     k = torch.randint(0, 256, (3, *SHAPE), generator=torch.Generator().manual_seed(0))
     x0 = (2 * k / 255 - 1).float()
-    terms = likelihood.vdm_terms(
-        OptimalDenoiser(sched), x0, sched, generator=torch.Generator().manual_seed(5)
+    terms = continuous_time.vdm_terms(
+        OptimalDenoiser(sched), x0.double(), sched, generator=torch.Generator().manual_seed(5)
     )
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     a0, s0 = math.sqrt(1 / (1 + math.exp(-8))), math.sqrt(1 / (1 + math.exp(8)))
@@ -102,12 +108,13 @@ def test_ddpm_diffusion_terms_match_the_closed_form_exactly_summed_and_sampled()
     x0 = _gaussian_images(n)
     model = OptimalDenoiser(sched)
     exact = _discrete_closed_form(sched, T)
-    summed = likelihood.ddpm_terms(
-        model, x0, sched, T, n_t=None, generator=torch.Generator().manual_seed(2)
+    lam = discrete_time.log_snr_grid(sched.ddpm_alpha_bar(T))
+    summed = discrete_time.nelbo_terms_exact_sum(
+        model, x0.double(), lam, generator=torch.Generator().manual_seed(2)
     )["diffusion"]
     assert abs(summed.mean().item() - exact) < 4 * summed.std().item() / math.sqrt(n)
-    sampled = likelihood.ddpm_terms(
-        model, x0, sched, T, n_t=1, generator=torch.Generator().manual_seed(3)
+    sampled = discrete_time.ddpm_terms(
+        model, x0.double(), sched.ddpm_alpha_bar(T), generator=torch.Generator().manual_seed(3)
     )["diffusion"]
     assert abs(sampled.mean().item() - exact) < 4 * sampled.std().item() / math.sqrt(n)
     assert sampled.std() > summed.std(), "one sampled step is noisier than the exact sum"
@@ -117,8 +124,8 @@ def test_ddpm_prior_and_reconstruction_terms():
     sched = schedules.get_schedule("linear_log_snr")
     T = 10
     k = torch.randint(0, 256, (6, *SHAPE), generator=torch.Generator().manual_seed(0))
-    x0 = (2 * k / 255 - 1).float()
-    terms = likelihood.ddpm_terms(OptimalDenoiser(sched), x0, sched, T)
+    x0 = (2 * k / 255 - 1).double()
+    terms = discrete_time.ddpm_terms(OptimalDenoiser(sched), x0, sched.ddpm_alpha_bar(T))
     ab_T = torch.sigmoid(torch.tensor(-5.0, dtype=torch.float64))
     q = torch.distributions.Normal(ab_T.sqrt() * x0.double(), (1 - ab_T).sqrt())
     prior = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).flatten(1)
@@ -130,15 +137,15 @@ def test_ddpm_prior_and_reconstruction_terms():
     )
 
 
-class ShiftedDenoiser(OptimalDenoiser):
+class ShiftedEps(OptimalEps):
     """The optimal ε̂ plus a constant error δ in every pixel."""
 
-    def __init__(self, schedule, delta):
-        super().__init__(schedule)
+    def __init__(self, delta):
+        super().__init__()
         self.delta = delta
 
-    def forward(self, xt, t):
-        return super().forward(xt, t) + self.delta
+    def forward(self, xt, lam):
+        return super().forward(xt, lam) + self.delta
 
 
 def _nichol_dhariwal_alpha_bar(T, max_beta=0.999):
@@ -159,11 +166,12 @@ def test_ddpm_bound_of_the_cosine_schedule_charges_a_small_error_a_small_cost():
     cos = schedules.get_schedule("cosine")
     T, n, delta = 100, 200, 1e-3
     x0 = _gaussian_images(n)
+    lam = discrete_time.log_snr_grid(cos.ddpm_alpha_bar(T))
     exact_terms, shifted_terms = (
-        likelihood.ddpm_terms(
-            model, x0, cos, T, n_t=None, generator=torch.Generator().manual_seed(2)
+        discrete_time.nelbo_terms_exact_sum(
+            model, x0.double(), lam, generator=torch.Generator().manual_seed(2)
         )
-        for model in (OptimalDenoiser(cos), ShiftedDenoiser(cos, delta))
+        for model in (OptimalDenoiser(cos), FromEps(ShiftedEps(delta)))
     )
     diff = shifted_terms["diffusion"] - exact_terms["diffusion"]  # same noise in both runs
     ab = _nichol_dhariwal_alpha_bar(T)
@@ -189,11 +197,12 @@ def test_continuous_term_keeps_a_float64_model_output():
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.tensor([0.1, 0.4, 0.6, 0.9], dtype=torch.float64)
 
-    def model(xt, t_):
-        ab = torch.sigmoid(sched.log_snr(t_))[:, None, None, None]
-        return (xt - ab.sqrt() * x0) / (1 - ab).sqrt() + 1e-9  # the true ε up to rounding, + 1e-9
+    class Model(nn.Module):
+        def forward(self, xt, lam):
+            ab = torch.sigmoid(lam)[:, None, None, None]
+            return (xt - ab.sqrt() * x0) / (1 - ab).sqrt() + 1e-9  # the true ε, + 1e-9
 
-    est = likelihood.continuous_diffusion_term(model, x0, t, eps, sched)
+    est = continuous_time.continuous_diffusion_loss(x0, FromEps(Model()), sched, t, eps)
     assert est.dtype == torch.float64
     torch.testing.assert_close(
         est, torch.full((4,), 0.5 * 18.3 * D * 1e-18, dtype=torch.float64), rtol=1e-3, atol=0
@@ -203,12 +212,36 @@ def test_continuous_term_keeps_a_float64_model_output():
 def test_bad_arguments():
     cos = schedules.get_schedule("linear_beta")  # λ(0) = +∞
     x0 = _gaussian_images(2)
-    with pytest.raises(ValueError, match="t_min"):
-        likelihood.vdm_terms(OptimalDenoiser(cos), x0, cos)
-    with pytest.raises(ValueError, match="T must be >= 2"):
-        likelihood.ddpm_terms(OptimalDenoiser(cos), x0, cos, 1)
-    with pytest.raises(ValueError, match="unknown method"):
-        likelihood.evaluate_bits_per_dim(OptimalDenoiser(cos), x0, cos, method="exact")
+    with pytest.raises(ValueError, match="both must be finite"):
+        continuous_time.vdm_terms(OptimalDenoiser(cos), x0, cos)
+    with pytest.raises(ValueError, match="T >= 2"):
+        discrete_time.ddpm_terms(OptimalDenoiser(cos), x0, cos.ddpm_alpha_bar(1))
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        likelihood.evaluate_bits_per_dim(lambda x, generator: {}, x0, batch_size=0)
+
+
+def test_the_loop_averages_every_image_once_with_its_standard_error():
+    """evaluate_bits_per_dim over batches of 3 of 10 images: each term's mean and its standard error
+    s/√N, in bits/dim, from a terms function whose values are known (the image's index, and a
+    draw of the shared generator)."""
+    images = torch.arange(10, dtype=torch.float64).reshape(10, 1, 1, 1).expand(10, *SHAPE)
+    seen = []
+
+    def terms_fn(x0, generator):
+        seen.append(x0[:, 0, 0, 0].tolist())
+        u = torch.rand(x0.shape[0], generator=generator, dtype=torch.float64)
+        return {"index": x0[:, 0, 0, 0].clone(), "draw": u}
+
+    got = likelihood.evaluate_bits_per_dim(terms_fn, images, batch_size=3, seed=4)
+    assert seen == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    nats_to_bpd = 1 / (D * math.log(2))
+    idx = torch.arange(10, dtype=torch.float64)
+    assert got["index"] == pytest.approx(idx.mean().item() * nats_to_bpd, rel=1e-12)
+    assert got["index_se"] == pytest.approx(idx.std().item() / math.sqrt(10) * nats_to_bpd)
+    g = torch.Generator().manual_seed(4)
+    draws = torch.cat([torch.rand(k, generator=g, dtype=torch.float64) for k in (3, 3, 3, 1)])
+    assert got["draw"] == pytest.approx(draws.mean().item() * nats_to_bpd, rel=1e-12)
+    assert got["draw_se"] == pytest.approx(draws.std().item() / math.sqrt(10) * nats_to_bpd)
 
 
 def test_discrete_bound_decreases_to_the_continuous_one_as_t_grows():

@@ -43,6 +43,10 @@ def page(module: str, *, package: bool) -> str:
 
 
 def main() -> None:
+    # Read every map first: a module missing from one stops the run before any page is removed.
+    order = {
+        name: listed(SRC / name) for name in listed(SRC) if (SRC / name / "__init__.py").exists()
+    }
     for old in API.rglob("*.md"):
         if old.name != "index.md" or old.parent != API:
             old.unlink()
@@ -58,7 +62,7 @@ def main() -> None:
             (API / name / "index.md").write_text(page(name, package=True))
             toc.append(f"          - file: book/api/{name}/index\n")
             toc.append("            sections:\n")
-            for module in listed(path):
+            for module in order[name]:
                 rel = module.replace(".", "/")
                 (API / f"{rel}.md").write_text(page(module, package=False))
                 toc.append(f"              - file: book/api/{rel}\n")

@@ -6,6 +6,7 @@ denoiser) serves several chapters. Sub-packages, in the order the book introduce
 - :mod:`~diffusion_lessons.checks`         shape and range checks shared by every module
 - :mod:`~diffusion_lessons.gaussians`      Gaussian densities and KLs, the discretized decoder, bits/dim
 - :mod:`~diffusion_lessons.montecarlo`     Monte Carlo means and their standard errors
+- :mod:`~diffusion_lessons.divergence`     the divergence of a vector field: exact, Hutchinson (chapter 8)
 - :mod:`~diffusion_lessons.latent`         chapters 1–2: the ELBO, VAE, hierarchical VAE
 - :mod:`~diffusion_lessons.noise`          chapters 3, 6: noise schedules, fixed and learned; time sampling
 - :mod:`~diffusion_lessons.process`        chapters 3–4: the forward process and its posterior

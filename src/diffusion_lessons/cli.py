@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Sequence
 
 import torch
 
+from diffusion_lessons.data import datasets
 from diffusion_lessons.likelihood import evaluate_bits_per_dim
 from diffusion_lessons.nets.unet import UNet
 from diffusion_lessons.noise.schedules import get_schedule
+from diffusion_lessons.objectives import continuous_time, discrete_time
 from diffusion_lessons.training import checkpoints, engine
 
 OVERRIDES = {"steps": int, "batch_size": int, "lr": float, "seed": int, "max_examples": int}
@@ -99,16 +102,19 @@ def evaluate(args: argparse.Namespace) -> int:
         architecture=ckpt.metadata.get("architecture", "?"),
     )
     model.to(dev).eval()
-    images = engine.load_images(cfg, "test", root=args.data_root)[: args.n].to(dev)
-    bpd = evaluate_bits_per_dim(
-        model,
-        images,
-        get_schedule(cfg.schedule),
-        method=args.method,
-        T=args.T,
-        bins=engine.DATASETS[cfg.dataset][2],
-        batch_size=args.batch_size,
-    )
+    images = datasets.load_images(cfg.dataset, "test", root=args.data_root, limit=args.n).to(dev)
+    schedule, bins = get_schedule(cfg.schedule), datasets.DATASETS[cfg.dataset].bins
+    denoiser = engine.as_denoiser(model)  # FromEps: the U-Net is conditioned on λ
+    if args.method == "ddpm":
+        alpha_bar = schedule.ddpm_alpha_bar(args.T).to(dev)
+        terms_fn = functools.partial(
+            discrete_time.ddpm_terms, denoiser, alpha_bar=alpha_bar, bins=bins
+        )
+    else:
+        terms_fn = functools.partial(
+            continuous_time.vdm_terms, denoiser, schedule=schedule, bins=bins
+        )
+    bpd = evaluate_bits_per_dim(terms_fn, images, batch_size=args.batch_size)
     print(
         f"{cfg.dataset} test set, {images.shape[0]} images, EMA weights at step {ckpt.step}, "
         f"method {args.method}:"

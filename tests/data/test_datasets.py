@@ -1,97 +1,17 @@
-"""Data: exact densities against scipy and autograd; datasets against their published checksums."""
+"""Image data sets: the registry, the loader, and the files against their published checksums."""
 
 import gzip
 import http.server
-import math
 import threading
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from scipy.stats import multivariate_normal
 
-from diffusion_lessons.data import datasets, toy
+from diffusion_lessons.data import datasets
 
 from conftest import REPO
-
-
-def _random_mixture(seed=0, K=3, D=2):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(K, D, D, generator=g, dtype=torch.float64)
-    covs = A @ A.transpose(1, 2) + 0.3 * torch.eye(D, dtype=torch.float64)
-    w = torch.rand(K, generator=g, dtype=torch.float64) + 0.2
-    return toy.GaussianMixture(
-        w / w.sum(), torch.randn(K, D, generator=g, dtype=torch.float64), covs
-    )
-
-
-def test_mixture_log_prob_matches_scipy():
-    gm = _random_mixture()
-    x = torch.randn(50, 2, dtype=torch.float64)
-    expected = np.log(
-        sum(
-            w * multivariate_normal(m, c).pdf(x.numpy())
-            for w, m, c in zip(gm.weights.numpy(), gm.means.numpy(), gm.covs.numpy(), strict=True)
-        )
-    )
-    assert np.allclose(gm.log_prob(x).numpy(), expected, rtol=1e-10)
-
-
-def test_mixture_score_matches_autograd():
-    gm = _random_mixture(1)
-    x = torch.randn(40, 2, dtype=torch.float64, requires_grad=True)
-    (grad,) = torch.autograd.grad(gm.log_prob(x).sum(), x)
-    assert torch.allclose(gm.score(x.detach()), grad, atol=1e-10)
-
-
-def test_mixture_sample_moments():
-    gm = _random_mixture(2)
-    n = 200_000
-    x = gm.sample(n, generator=torch.Generator().manual_seed(0))
-    cov = gm.covariance()
-    se = torch.sqrt(torch.diagonal(cov) / n)
-    assert (torch.abs(x.mean(0) - gm.mean()) < 5 * se).all()
-    assert torch.allclose(torch.cov(x.T), cov, rtol=0.03, atol=0.03)
-
-
-def test_noised_mixture_is_the_law_of_xt():
-    """noised(ᾱ) against Monte Carlo of x_t = √ᾱ x_0 + √(1 − ᾱ) ε: moments and log-likelihood."""
-    gm = toy.eight_gaussians()
-    ab = 0.3
-    n = 100_000
-    g = torch.Generator().manual_seed(3)
-    x0 = gm.sample(n, generator=g)
-    xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(
-        x0.shape, generator=g, dtype=torch.float64
-    )
-    law = gm.noised(ab)
-    assert torch.allclose(xt.mean(0), law.mean(), atol=0.02)
-    assert torch.allclose(torch.cov(xt.T), law.covariance(), atol=0.03)
-    # The true law has the highest expected log-likelihood; a wrong variance does worse.
-    wrong = toy.GaussianMixture(law.weights, law.means, law.covs * 1.3)
-    assert law.log_prob(xt).mean() > wrong.log_prob(xt).mean()
-
-
-def test_mixture_rejects_bad_parameters():
-    with pytest.raises(ValueError, match="weights must be positive and sum to 1"):
-        toy.isotropic_mixture([0.5, 0.6], [[0.0, 0.0], [1.0, 1.0]], 1.0)
-    with pytest.raises(ValueError, match="symmetric positive definite"):
-        toy.GaussianMixture(torch.ones(1), torch.zeros(1, 2), -torch.eye(2)[None])
-    with pytest.raises(ValueError, match=r"x must have shape \(N, 2\)"):
-        toy.eight_gaussians().log_prob(torch.zeros(3, 3))
-    with pytest.raises(ValueError, match=r"alpha_bar must lie in \[0, 1\]"):
-        toy.eight_gaussians().noised(1.5)
-
-
-def test_checkerboard_density_integrates_to_one_and_covers_samples():
-    cb = toy.Checkerboard()
-    h = 0.01
-    g = torch.arange(-2.5 + h / 2, 2.5, h, dtype=torch.float64)
-    pts = torch.cartesian_prod(g, g)
-    assert (cb.log_prob(pts).exp().sum() * h * h).item() == pytest.approx(1.0, abs=1e-3)
-    samples = cb.sample(5000, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(cb.log_prob(samples)).all()
 
 
 def test_digits_shapes_range_and_split():
@@ -209,10 +129,54 @@ def test_checksums_match_sources_md():
         pytest.skip("shared/data/SOURCES.md is not beside the repository")
     text = sources.read_text()
     for spec in datasets.DATASETS.values():
-        for digest in spec["sha256"].values():
+        for digest in spec.sha256.values():
             assert digest in text
 
 
 def test_unknown_dataset_name():
     with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
         datasets.load_mnist("train", name="cifar10")
+    with pytest.raises(ValueError, match="unknown dataset 'digits'; choose one of 'mnist'"):
+        datasets.load_mnist("train", name="digits")  # bundled with scikit-learn, not an IDX file
+    with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
+        datasets.load_images("cifar10")
+
+
+def test_registry_specs_are_consistent():
+    """Each spec's shape and bins against the published sizes; downloaded sets carry all four hashes."""
+    spec = datasets.DATASETS
+    assert (spec["digits"].shape, spec["digits"].bins, spec["digits"].dim) == ((1, 8, 8), 17, 64)
+    for name in ("mnist", "fashion_mnist"):
+        assert (spec[name].shape, spec[name].bins, spec[name].dim) == ((1, 28, 28), 256, 784)
+        assert set(spec[name].sha256) == set(datasets.IDX_FILES) and spec[name].mirrors
+    assert datasets.DOWNLOADED == ("mnist", "fashion_mnist")
+    assert not spec["digits"].sha256 and not spec["digits"].mirrors
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_load_images_shape_grid_and_limit(name, data_root):
+    """load_images: (N, C, H, W) of the spec, every pixel on the grid 2k/(bins − 1) − 1, limit = a prefix."""
+    spec = datasets.DATASETS[name]
+    x = datasets.load_images(name, "test", root=data_root)
+    assert x.dtype == torch.float32 and tuple(x.shape[1:]) == spec.shape
+    levels = (x.double() + 1) / 2 * (spec.bins - 1)
+    assert (levels - levels.round()).abs().max() < 1e-4  # float32 grid points, 1e-4 of a level
+    assert levels.min().round() == 0 and levels.max().round() == spec.bins - 1
+    head = datasets.load_images(name, "test", root=data_root, limit=7)
+    assert head.shape == (7, *spec.shape) and torch.equal(head, x[:7])  # same file, same code
+    train = datasets.load_images(name, "train", root=data_root, limit=3)
+    assert train.shape == (3, *spec.shape)
+
+
+def test_load_images_mnist_levels_are_the_raw_pixels(data_root):
+    """The scaled MNIST test images map back to the uint8 pixels of the file (integers, exactly)."""
+    raw, _ = datasets.load_mnist("test", root=data_root)
+    x = datasets.load_images("mnist", "test", root=data_root, limit=100)
+    assert torch.equal(((x[:, 0].double() + 1) / 2 * 255).round().to(torch.uint8), raw[:100])
+
+
+def test_load_images_rejects_bad_arguments(data_root):
+    with pytest.raises(ValueError, match="unknown split 'all'"):
+        datasets.load_images("digits", "all")
+    with pytest.raises(ValueError, match="limit"):
+        datasets.load_images("digits", "train", limit=0)

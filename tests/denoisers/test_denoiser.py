@@ -33,9 +33,16 @@ def test_readers_invert_the_wrappers():
     xt, lam, g = _batch(seed=1)
     out = torch.randn(xt.shape, generator=g, dtype=torch.float64)
     net = lambda x, c: out  # noqa: E731
-    torch.testing.assert_close(dn.eps_from(dn.FromEps(net), xt, lam), out, rtol=1e-9, atol=1e-9)
-    score = dn.score_from(dn.FromScore(net), xt, lam)
+    # read through x̂_0 (a plain function, so the readers use their formulas), ...
+    as_function = lambda wrapper: lambda x, lam_: wrapper(net)(x, lam_)  # noqa: E731
+    torch.testing.assert_close(
+        dn.eps_from(as_function(dn.FromEps), xt, lam), out, rtol=1e-9, atol=1e-9
+    )
+    score = dn.score_from(as_function(dn.FromScore), xt, lam)
     torch.testing.assert_close(score, out, rtol=1e-9, atol=1e-9)
+    # ... and directly: a wrapper in its own units gives back the network's output itself
+    assert dn.eps_from(dn.FromEps(net), xt, lam) is out
+    assert dn.score_from(dn.FromScore(net), xt, lam) is out
     # ε = −σ · score (eq-eps-score), for any denoiser
     d = dn.FromX0(net)
     sigma = torch.sigmoid(-lam).sqrt()[:, None]

@@ -142,16 +142,32 @@ def test_expected_noise_is_minus_sigma_times_score():
     assert ((eps_mc - exact).abs() < 5 * se).all()
 
 
-def test_error_per_noise_level():
-    """The exact estimator has zero error; a constant offset c has error c√D; MMSE is positive."""
+def test_rms_error_per_noise_level():
+    """Chapter 7's table, one noise level at a time: the exact denoiser has zero error, a constant
+    offset c has error c√D, the MMSE is positive; the standard error matches the spread of repeats."""
+    from diffusion_lessons.process.forward import q_sample
+
     mix = toy.eight_gaussians()
-    exact = lambda xt, a: oracles.mixture_posterior_mean(mix, xt, a)
-    sample = lambda n, g: mix.sample(n, generator=g)
-    rows = tweedie.error_per_noise_level(exact, exact, sample, [0.9, 0.2], n=256)
-    assert all(r["rmse"] == 0 and r["mmse_root"] > 0 for r in rows)
-    shifted = lambda xt, a: exact(xt, a) + 0.1
-    rows = tweedie.error_per_noise_level(shifted, exact, sample, [0.5], n=256)
-    assert rows[0]["rmse"] == pytest.approx(0.1 * math.sqrt(2))
+    exact = oracles.mixture_denoiser(mix)
+    for k, a in enumerate((0.9, 0.2, 0.5)):
+        gen = torch.Generator().manual_seed(k)
+        x0 = mix.sample(256, generator=gen)
+        xt, _ = q_sample(x0, a, generator=gen)
+        lam = torch.full((256,), math.log(a / (1 - a)), dtype=torch.float64)
+        best = exact(xt, lam)
+        assert tweedie.rms_error(best, best) == (0.0, 0.0, 256)
+        assert tweedie.rms_error(x0, best).rmse > 0
+        shifted = tweedie.rms_error(best + 0.1, best)
+        assert shifted.rmse == pytest.approx(0.1 * math.sqrt(2))
+    # the delta-method error against 400 repeats of a noisy estimate (its sd has ~3.5% error)
+    g = torch.Generator().manual_seed(5)
+    ref = torch.zeros(200, 2, dtype=torch.float64)
+    draws = [
+        tweedie.rms_error(torch.randn(200, 2, generator=g, dtype=torch.float64), ref)
+        for _ in range(400)
+    ]
+    spread = np.std([d.rmse for d in draws], ddof=1)
+    assert np.mean([d.se for d in draws]) == pytest.approx(spread, rel=0.15)
 
 
 def test_bad_input_raises():

@@ -1,5 +1,6 @@
 """The ELBO on the linear-Gaussian model, against scipy, brute-force integration and Monte Carlo."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -29,16 +30,18 @@ def _some_q(x, k, seed=1):
 def test_log_evidence_matches_scipy():
     """eq-lg-evidence: p(x) = N(b, W Wᵀ + s² I)."""
     x, W, b, s = _model()
+    model = linear_gaussian.LinearGaussian(W, b, s)
     cov = (W @ W.T).numpy() + s**2 * np.eye(3)
     expected = multivariate_normal(b.numpy(), cov).logpdf(x.numpy())
-    got = linear_gaussian.linear_gaussian_log_evidence(x, W, b, s)
+    got = linear_gaussian.linear_gaussian_log_evidence(model, x)
     assert np.allclose(got.numpy(), expected, atol=1e-10)
 
 
 def test_posterior_matches_brute_force_grid():
     """eq-lg-posterior: normalise p(z) p(x | z) on a 2-D grid and compare moments."""
     x, W, b, s = _model()
-    mean, cov = linear_gaussian.linear_gaussian_posterior(x, W, b, s)
+    model = linear_gaussian.LinearGaussian(W, b, s)
+    mean, cov = linear_gaussian.linear_gaussian_posterior(model, x)
     g = torch.linspace(-6, 6, 401, dtype=torch.float64)
     zz = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
     for i in range(2):
@@ -55,41 +58,44 @@ def test_posterior_matches_brute_force_grid():
 def test_elbo_identity_log_evidence_equals_elbo_plus_kl():
     """eq-elbo-gap: log p(x) = ELBO(q) + KL(q ‖ p(z | x)) for any q; the gap vanishes at the posterior."""
     x, W, b, s = _model()
+    model = linear_gaussian.LinearGaussian(W, b, s)
     mq, cq = _some_q(x, 2)
-    log_px = linear_gaussian.linear_gaussian_log_evidence(x, W, b, s)
-    post_mean, post_cov = linear_gaussian.linear_gaussian_posterior(x, W, b, s)
-    bound = linear_gaussian.linear_gaussian_elbo(x, W, b, s, mq, cq)
+    log_px = linear_gaussian.linear_gaussian_log_evidence(model, x)
+    post_mean, post_cov = linear_gaussian.linear_gaussian_posterior(model, x)
+    bound = linear_gaussian.linear_gaussian_elbo(model, x, mq, cq)
     gap = gaussians.kl_gaussians_full(mq, cq, post_mean, post_cov)
     assert (gap > 0.01).all()
     assert torch.allclose(bound + gap, log_px, atol=1e-10)
-    at_post = linear_gaussian.linear_gaussian_elbo(x, W, b, s, post_mean, post_cov)
+    at_post = linear_gaussian.linear_gaussian_elbo(model, x, post_mean, post_cov)
     assert torch.allclose(at_post, log_px, atol=1e-10)
 
 
 def test_closed_form_elbo_matches_monte_carlo():
     """eq-elbo-recon-kl against the sample mean of log p(x, z) − log q(z | x) (eq-elbo-jensen)."""
     x, W, b, s = _model()
+    model = linear_gaussian.LinearGaussian(W, b, s)
     mq, cq = _some_q(x, 2)
     n = 200_000
     lw = linear_gaussian.linear_gaussian_log_weights(
-        x, W, b, s, mq, cq, n, generator=torch.Generator().manual_seed(4)
+        model, x, mq, cq, n, generator=torch.Generator().manual_seed(4)
     )
     se = lw.std(0) / math.sqrt(n)
-    exact = linear_gaussian.linear_gaussian_elbo(x, W, b, s, mq, cq)
+    exact = linear_gaussian.linear_gaussian_elbo(model, x, mq, cq)
     assert ((lw.mean(0) - exact).abs() < 5 * se).all()
 
 
 def test_iwae_sandwich_and_monotone_in_k():
     """eq-iwae: ELBO ≤ E[IWAE_K] ≤ log p(x), increasing in K (averaged over repeats)."""
     x, W, b, s = _model()
+    model = linear_gaussian.LinearGaussian(W, b, s)
     mq, cq = _some_q(x, 2)
-    log_px = linear_gaussian.linear_gaussian_log_evidence(x, W, b, s)
-    exact_elbo = linear_gaussian.linear_gaussian_elbo(x, W, b, s, mq, cq)
+    log_px = linear_gaussian.linear_gaussian_log_evidence(model, x)
+    exact_elbo = linear_gaussian.linear_gaussian_elbo(model, x, mq, cq)
     g = torch.Generator().manual_seed(5)
     reps = 2000
     means, ses = [], []
     for K in (1, 5, 50):
-        lw = linear_gaussian.linear_gaussian_log_weights(x, W, b, s, mq, cq, K * reps, generator=g)
+        lw = linear_gaussian.linear_gaussian_log_weights(model, x, mq, cq, K * reps, generator=g)
         vals = estimators.iwae_bound(lw.reshape(K, reps, -1).reshape(K, -1)).reshape(reps, -1)
         means.append(vals.mean(0))
         ses.append(vals.std(0) / math.sqrt(reps))
@@ -101,6 +107,33 @@ def test_iwae_sandwich_and_monotone_in_k():
     assert (log_px - means[-1]).mean() < (log_px - exact_elbo).mean() / 5
 
 
+def test_evaluate_at_the_exact_posterior_gives_the_log_evidence():
+    """estimators.evaluate with q = p(z | x): every log-weight is log p(x) (eq-elbo-gap with zero
+    gap), so its ELBO and IWAE equal the closed-form evidence whatever the draws and batches."""
+    x, W, b, s = _model()
+    model = linear_gaussian.LinearGaussian(W, b, s)
+    log_px = linear_gaussian.linear_gaussian_log_evidence(model, x)
+
+    def elbo_terms(model, xb, generator):
+        q = linear_gaussian.linear_gaussian_posterior(model, xb)
+        return {"elbo": linear_gaussian.linear_gaussian_elbo(model, xb, *q)}
+
+    def log_weights(model, xb, num_samples, generator):
+        q = linear_gaussian.linear_gaussian_posterior(model, xb)
+        return linear_gaussian.linear_gaussian_log_weights(
+            model, xb, *q, num_samples, generator=generator
+        )
+
+    ev = estimators.evaluate(
+        model, x, elbo_terms=elbo_terms, log_weights=log_weights, num_samples=7, batch_size=2
+    )
+    assert ev["elbo"].shape == ev["iwae"].shape == (5,)
+    torch.testing.assert_close(ev["elbo"], log_px, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ev["iwae"], log_px, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="num_samples"):
+        estimators.evaluate(model, x, elbo_terms=elbo_terms, log_weights=log_weights, num_samples=0)
+
+
 def test_iwae_rejects_bad_shape():
     with pytest.raises(ValueError, match="log_weights"):
         estimators.iwae_bound(torch.zeros(3))
@@ -109,11 +142,18 @@ def test_iwae_rejects_bad_shape():
 def test_bad_model_arguments_raise():
     x, W, b, s = _model()
     with pytest.raises(ValueError, match="s "):
-        linear_gaussian.linear_gaussian_log_evidence(x, W, b, 0.0)
+        linear_gaussian.LinearGaussian(W, b, 0.0)
     with pytest.raises(ValueError, match="b must"):
-        linear_gaussian.linear_gaussian_log_evidence(x, W, b[:2], s)
+        linear_gaussian.LinearGaussian(W, b[:2], s)
+    with pytest.raises(ValueError, match="W must"):
+        linear_gaussian.LinearGaussian(W[0], b, s)
+    model = linear_gaussian.LinearGaussian(W, b, s)
     with pytest.raises(ValueError, match="x must"):
-        linear_gaussian.linear_gaussian_log_evidence(x[:, :2], W, b, s)
+        linear_gaussian.linear_gaussian_log_evidence(model, x[:, :2])
+    with pytest.raises(ValueError, match="x must"):
+        linear_gaussian.linear_gaussian_posterior(model, x[:, :2])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.s = 1.0  # a model is fixed once checked
 
 
 def _f(z):

@@ -53,7 +53,7 @@ def test_parameter_count_of_a_one_level_unet_by_hand():
     assert unet.count_parameters(m) == expected
 
 
-def test_forward_shapes_and_time_dependence():
+def test_forward_shapes_and_noise_level_dependence():
     torch.manual_seed(0)
     m = unet.UNet(
         unet.UNetConfig(
@@ -65,9 +65,32 @@ def test_forward_shapes_and_time_dependence():
     assert torch.equal(m(x, torch.rand(3)), torch.zeros(3, 1, 8, 8)), "zero-initialised output"
     for p in m.parameters():  # leave the zero init: every path is used
         nn.init.normal_(p, std=0.2)
-    a, b = m(x, torch.full((3,), 0.1)), m(x, torch.full((3,), 0.9))
+    a, b = m(x, torch.full((3,), -4.0)), m(x, torch.full((3,), 10.0))  # two log-SNRs
     assert a.shape == (3, 1, 8, 8) and not torch.allclose(a, b)
-    assert torch.allclose(m(x[:1], torch.full((1,), 0.1)), a[:1], atol=1e-5), "no batch mixing"
+    assert torch.allclose(m(x[:1], torch.full((1,), -4.0)), a[:1], atol=1e-5), "no batch mixing"
+
+
+def test_the_embedding_sees_the_noise_input_times_noise_scale():
+    """UNet(noise_scale=50) at λ is UNet(noise_scale=1) at 50 λ, with the same weights; the
+    same for the MLP (noise_scale=4 at λ, as in chapters 6–7)."""
+    from diffusion_lessons.nets import mlp
+
+    torch.manual_seed(0)
+    kw = dict(image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
+    m50 = unet.UNet(noise_scale=50.0, **kw).eval()
+    for p in m50.parameters():
+        nn.init.normal_(p, std=0.2)
+    m1 = unet.UNet(noise_scale=1.0, **kw).eval()
+    m1.load_state_dict(m50.state_dict())
+    x, lam = torch.randn(3, 1, 8, 8), torch.tensor([-5.0, 0.3, 13.3])
+    torch.testing.assert_close(m50(x, lam), m1(x, 50.0 * lam))
+    assert unet.UNetConfig().noise_scale == 50.0
+    f4 = mlp.MLPDenoiser(dim=2, hidden=16, depth=1, emb_dim=8, noise_scale=4.0)
+    f1 = mlp.MLPDenoiser(dim=2, hidden=16, depth=1, emb_dim=8, noise_scale=1.0)
+    f1.load_state_dict(f4.state_dict())
+    z = torch.randn(3, 2)
+    torch.testing.assert_close(f4(z, lam), f1(z, 4.0 * lam))
+    assert mlp.MLPDenoiser().noise_scale == 1000.0  # chapters 4–5: t = i/T ∈ [0, 1]
 
 
 def test_attention_block_is_softmax_attention():
@@ -101,7 +124,9 @@ def test_refusals():
     m = unet.UNet(image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
         m(torch.randn(2, 1, 16, 16), torch.rand(2))
-    with pytest.raises(ValueError, match="t must have shape"):
+    with pytest.raises(ValueError, match=r"log_snr must have shape \(B,\) = \(2,\)"):
         m(torch.randn(2, 1, 8, 8), torch.rand(3))
+    with pytest.raises(ValueError, match="noise_scale must be > 0"):
+        unet.UNetConfig(noise_scale=0.0)
     cfg = unet.ddpm_cifar10_config()
     assert unet.UNetConfig.from_dict(cfg.to_dict()) == cfg

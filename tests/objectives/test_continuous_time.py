@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import integrate, stats
+from scipy import integrate
 
 from diffusion_lessons.data import oracles
 from diffusion_lessons.noise import schedules, time_sampling
@@ -60,17 +60,12 @@ def within(estimates, expected, z=4.5):
     return abs(estimates.mean().item() - expected) < z * se, estimates.mean().item(), se
 
 
-def test_log_snr_derivative_by_autograd_matches_finite_differences():
-    """λ′(t) by autograd against central differences of the float64 schedule (and −18.3 for VDM's)."""
+def test_snr_derivative_matches_finite_differences():
+    """SNR′(t) = SNR(t) λ′(t) against central differences of the float64 schedule."""
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
-    lam, dlam = continuous_time.log_snr_and_derivative(schedules.get_schedule("linear_log_snr"), t)
-    assert torch.allclose(dlam, torch.full_like(t, -18.3))
+    h = 1e-6
     for name in ("cosine", "linear_beta"):
         s = schedules.get_schedule(name)
-        h = 1e-6
-        fd = (s.log_snr(t + h) - s.log_snr(t - h)) / (2 * h)
-        _, dlam = continuous_time.log_snr_and_derivative(s, t)
-        assert torch.allclose(dlam, fd, rtol=1e-6)
         snr_prime = continuous_time.snr_derivative(s, t)
         assert torch.allclose(snr_prime, (s.snr(t + h) - s.snr(t - h)) / (2 * h), rtol=1e-5)
 
@@ -99,7 +94,7 @@ def test_quadrature_of_t_integral_depends_only_on_endpoints(shape):
 def test_continuous_loss_monte_carlo_matches_closed_form(shape, sampler):
     """eq-vlb-continuous and eq-vlb-invariance: every schedule with equal endpoints, same L_∞."""
     x, gen = gaussian_data(200_000, seed=1)
-    est = continuous_time.diffusion_loss(
+    est = continuous_time.continuous_loss_estimate(
         x, exact_denoiser, make_schedule(shape), sampler=sampler, generator=gen
     )
     ok, mean, se = within(est, closed_form_continuous())
@@ -109,7 +104,7 @@ def test_continuous_loss_monte_carlo_matches_closed_form(shape, sampler):
 def test_changing_an_endpoint_changes_the_loss():
     """The same denoiser under λ_min = 0 instead of −4: a different L_∞, as the closed form says."""
     x, gen = gaussian_data(200_000, seed=2)
-    est = continuous_time.diffusion_loss(
+    est = continuous_time.continuous_loss_estimate(
         x, exact_denoiser, make_schedule("linear", lmin=0.0), generator=gen
     )
     other = closed_form_continuous(lmin=0.0)
@@ -130,7 +125,7 @@ def test_discrete_loss_monte_carlo_matches_riemann_sum(T):
     """eq-vlb-discrete: MC of L_T with the exact denoiser = ½ Σ (SNR_{i−1} − SNR_i) mmse(SNR_i)."""
     x, gen = gaussian_data(200_000, seed=3 + T)
     sched = make_schedule("linear")
-    est = continuous_time.diffusion_loss(x, exact_denoiser, sched, T=T, generator=gen)
+    est = continuous_time.discrete_loss_estimate(x, exact_denoiser, sched, T, generator=gen)
     ok, mean, se = within(est, riemann(T))
     assert ok, (T, mean, se, riemann(T))
     grid = torch.arange(T + 1, dtype=torch.float64) / T
@@ -148,60 +143,21 @@ def test_discrete_bound_decreases_to_continuous_from_above():
     assert values[0] - closed_form_continuous() > 1.0
 
 
-def test_low_discrepancy_times_are_uniform_and_evenly_spread():
-    """Each coordinate is U(0, 1) (Kolmogorov–Smirnov); each batch has one time per 1/n interval."""
-    gen = torch.Generator().manual_seed(4)
-    batches = torch.stack(
-        [time_sampling.low_discrepancy_times(16, generator=gen) for _ in range(4000)]
-    )
-    for b in (0, 7, 15):
-        assert stats.kstest(batches[:, b].numpy(), "uniform").pvalue > 1e-3
-    cells = torch.sort(torch.floor(batches * 16).long(), dim=1).values
-    assert torch.equal(cells, torch.arange(16).expand_as(cells))
-
-
-def test_low_discrepancy_estimator_is_unbiased_with_lower_variance():
-    """Batch means of f(t) = t² (integral 1/3) under both samplers: unbiased, and much less spread."""
-    gen = torch.Generator().manual_seed(5)
-    means = {}
-    for sampler in time_sampling.SAMPLERS:
-        means[sampler] = torch.stack(
-            [
-                (time_sampling.sample_times(32, sampler=sampler, generator=gen) ** 2).mean()
-                for _ in range(3000)
-            ]
-        )
-        ok, mean, se = within(means[sampler], 1 / 3)
-        assert ok, (sampler, mean, se)
-    assert means["low_discrepancy"].var() < 0.05 * means["uniform"].var()
-
-
-def test_batch_mean_estimates_are_unbiased_for_both_samplers():
-    """continuous_time.batch_mean_estimates on the Gaussian case: the mean of the batch estimates is L_∞."""
+def test_minibatch_means_are_unbiased_for_both_samplers():
+    """Chapter 6's experiment through the pieces: 1000 minibatches of 128, each with its own times
+    (sample_times: one u per minibatch for low discrepancy) and noise, each minibatch's mean of
+    continuous_diffusion_loss; on the Gaussian case the mean of the minibatch means is L_∞."""
     x, gen = gaussian_data(128 * 1000, seed=6)
+    sched = make_schedule("square")
     for sampler in time_sampling.SAMPLERS:
-        est = continuous_time.batch_mean_estimates(
-            x, exact_denoiser, make_schedule("square"), 128, sampler=sampler, generator=gen
+        t = torch.cat(
+            [time_sampling.sample_times(128, sampler=sampler, generator=gen) for _ in range(1000)]
         )
-        assert est.shape == (1000,)
+        eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        per_example = continuous_time.continuous_diffusion_loss(x, exact_denoiser, sched, t, eps)
+        est = per_example.reshape(1000, 128).mean(1)
         ok, mean, se = within(est, closed_form_continuous())
         assert ok, (sampler, mean, se)
-
-
-def test_steps_are_uniform_on_one_to_T():
-    gen = torch.Generator().manual_seed(7)
-    i = time_sampling.sample_steps(50_000, 10, generator=gen)
-    counts = torch.bincount(i, minlength=11)[1:].numpy()
-    assert i.min() >= 1 and i.max() <= 10
-    assert stats.chisquare(counts).pvalue > 1e-3
-    assert time_sampling.steps_from_times(
-        torch.tensor([0.0, 0.0999, 0.1, 0.99999]), 10
-    ).tolist() == [
-        1,
-        1,
-        2,
-        10,
-    ]
 
 
 def test_prior_and_reconstruction_terms():
@@ -225,6 +181,9 @@ def test_prior_and_reconstruction_terms():
     )
     ok, mean, se = within(nll, continuous_time.gaussian_reconstruction_loss(x[:1], lam0).item())
     assert ok, (mean, se)
+    # the same draws through the library's decoder term
+    by_term = nelbo.gaussian_reconstruction_nll(x1, z0 / ab0.sqrt(), -lam0.item() / 2)
+    torch.testing.assert_close(by_term, nll, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("lam1", [-3.3, torch.tensor(-3.3, dtype=torch.float64)])
@@ -289,9 +248,9 @@ def test_bad_input_raises():
     x, gen = gaussian_data(4)
     s = make_schedule("linear")
     with pytest.raises(ValueError, match="sampler"):
-        continuous_time.diffusion_loss(x, exact_denoiser, s, sampler="sobol")
+        continuous_time.continuous_loss_estimate(x, exact_denoiser, s, sampler="sobol")
     with pytest.raises(ValueError, match="T must"):
-        continuous_time.diffusion_loss(x, exact_denoiser, s, T=0)
+        continuous_time.discrete_loss_estimate(x, exact_denoiser, s, 0)
     with pytest.raises(ValueError, match="i must lie in 1..5"):
         continuous_time.discrete_diffusion_loss(
             x, exact_denoiser, s, 5, torch.tensor([0, 1, 2, 3]), torch.zeros_like(x)
@@ -300,8 +259,45 @@ def test_bad_input_raises():
         continuous_time.continuous_diffusion_loss(
             x, exact_denoiser, s, torch.rand(4, dtype=torch.float64), torch.zeros(4, 2)
         )
-    with pytest.raises(ValueError, match="whole number of batches"):
-        continuous_time.batch_mean_estimates(x, exact_denoiser, s, 3)
+    with pytest.raises(ValueError, match="λ\\(0\\) = inf"):
+        continuous_time.negative_elbo(
+            x, exact_denoiser, schedules.get_schedule("linear_beta"), torch.rand(4), x
+        )
+
+
+def test_eps_form_of_the_continuous_loss_is_the_same_number():
+    """Chapter 6's identity (ex-ls-eps-form): for x̂ = FromEps(ε̂), −½ λ′ e^λ ‖x − x̂‖² equals
+    −½ λ′ ‖ε − ε̂‖², written here by hand in the ε-form (float64, so rounding only)."""
+    from diffusion_lessons.denoisers.denoiser import FromEps
+
+    class EpsNet(torch.nn.Module):  # any ε-network: a fixed nonlinear map of (z, λ)
+        def forward(self, z, lam):
+            return torch.tanh(z + 0.1 * lam[:, None])
+
+    x, gen = gaussian_data(64, seed=9)
+    t = torch.rand(64, generator=gen, dtype=torch.float64)
+    eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    sched = make_schedule("smoothstep")
+    got = continuous_time.continuous_diffusion_loss(x, FromEps(EpsNet()), sched, t, eps)
+    lam, dlam = schedules.log_snr_and_derivative(sched, t)
+    ab = torch.sigmoid(lam)[:, None]
+    z = ab.sqrt() * x + (1 - ab).sqrt() * eps
+    eps_form = -0.5 * dlam * ((eps - EpsNet()(z, lam)) ** 2).sum(1)
+    torch.testing.assert_close(got, eps_form, rtol=1e-9, atol=1e-12)
+
+
+def test_discrete_step_term_is_T_times_the_denoising_kl():
+    """eq-vlb-discrete: each draw of L_T is T · ½ (SNR(s) − SNR(t)) ‖x − x̂‖², written out in SNRs."""
+    x, gen = gaussian_data(16, seed=10)
+    sched, T = make_schedule("ease_out"), 7
+    i = torch.randint(1, T + 1, (16,), generator=gen)
+    eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    got = continuous_time.discrete_diffusion_loss(x, exact_denoiser, sched, T, i, eps)
+    lam_s, lam_t = sched.log_snr((i - 1).double() / T), sched.log_snr(i.double() / T)
+    ab = torch.sigmoid(lam_t)[:, None]
+    x0_hat = exact_denoiser(ab.sqrt() * x + (1 - ab).sqrt() * eps, lam_t)
+    by_hand = T * 0.5 * (lam_s.exp() - lam_t.exp()) * ((x - x0_hat) ** 2).sum(1)
+    torch.testing.assert_close(got, by_hand, rtol=1e-10, atol=0)
 
 
 def test_symbolic_derivations():

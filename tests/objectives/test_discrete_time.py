@@ -1,90 +1,44 @@
-"""Terms of the discrete-time diffusion ELBO and the training losses, against independent calculations."""
+"""The discrete-time diffusion ELBO on a grid of log-SNR levels, against independent calculations."""
 
+import functools
 import math
 
 import pytest
 import torch
-from scipy.stats import norm
 
 from diffusion_lessons.data import oracles, toy
 from diffusion_lessons.noise.schedules import alpha_bar_from_betas, betas_linear
-from diffusion_lessons.objectives import discrete_time
+from diffusion_lessons.objectives import discrete_time, nelbo
 from diffusion_lessons.process import posterior
 
 AB = alpha_bar_from_betas(betas_linear(100, 1e-3, 0.2))  # T = 100, ᾱ_0 = 1
+LAM = discrete_time.log_snr_grid(AB)
 
 
-def grid_model(fn, alpha_bar):
-    """A model(x_t, t) whose output is fn(x_t, ᾱ_t), with ᾱ_t read from the grid at i = tT."""
-    T = len(alpha_bar) - 1
+def mixture_denoiser(mix):
+    """The exact E[x_0 | x_t] of a Gaussian mixture, as a denoiser D(x_t, λ) (one level per call)."""
 
-    def model(xt, t):
-        i = torch.round(t * T).long()
-        out = torch.empty_like(xt)
-        for step in i.unique().tolist():
-            rows = i == step
-            out[rows] = fn(xt[rows], alpha_bar[step].item()).to(xt)
-        return out
+    def denoiser(xt, lam):
+        assert (lam == lam[0]).all()
+        return oracles.mixture_posterior_mean(mix, xt, torch.sigmoid(lam[0]).item()).to(xt)
 
-    return model
+    return denoiser
 
 
-def test_kl_equals_snr_weighted_mse():
-    """eq-denoising-snr: KL of the two Gaussians = ½ (SNR(t−1) − SNR(t)) ‖x̂_0 − x_0‖²."""
-    g = torch.Generator().manual_seed(0)
-    x0, x0_hat, xt = (torch.randn(50, 4, generator=g, dtype=torch.float64) for _ in range(3))
-    for t in (2, 10, 60, 100):
-        kl = discrete_time.denoising_kl(x0, x0_hat, xt, AB[t], AB[t - 1])
-        mse = discrete_time.snr_weighted_mse(x0, x0_hat, AB[t], AB[t - 1])
-        assert torch.allclose(kl, mse, rtol=1e-9, atol=1e-12)
-
-
-def test_prior_kl_matches_torch_distributions():
-    """The prior term of eq-diffusion-elbo against torch.distributions.kl_divergence."""
-    x0 = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ab = 0.05
-    q = torch.distributions.Normal(math.sqrt(ab) * x0, math.sqrt(1 - ab))
-    p = torch.distributions.Normal(torch.zeros_like(x0), torch.ones_like(x0))
-    expected = torch.distributions.kl_divergence(q, p).sum(1)
-    assert torch.allclose(discrete_time.prior_kl(x0, ab), expected, atol=1e-12)
-
-
-@pytest.mark.parametrize("bins", [17, 256])
-def test_discretized_reconstruction_bits_per_dim_analytic(bins):
-    """Reconstruction term of eq-diffusion-elbo: bits/dim of a discretized Gaussian equals −log2 of the bin mass (scipy)."""
-    levels = torch.tensor([0, 1, bins // 2, bins - 2, bins - 1], dtype=torch.float64)
-    x0 = (2 * levels / (bins - 1) - 1)[None]  # (1, 5)
-    mean = x0 + torch.tensor([[0.01, -0.02, 0.03, 0.0, -0.05]], dtype=torch.float64)
-    scale = 0.04
-    half = 1 / (bins - 1)
-    expected_bits = 0.0
-    for x, m in zip(x0[0].tolist(), mean[0].tolist(), strict=True):
-        hi = 1.0 if x > 1 - half else norm.cdf((x + half - m) / scale)
-        lo = 0.0 if x < -1 + half else norm.cdf((x - half - m) / scale)
-        expected_bits += -math.log2(hi - lo)
-    nats = discrete_time.reconstruction_nll(x0, mean, math.log(scale), bins=bins)
-    bpd = nats.item() / (5 * math.log(2))
-    assert bpd == pytest.approx(expected_bits / 5, rel=1e-9)
-
-
-def test_continuous_reconstruction_is_gaussian_nll():
-    x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    mean = x0 * 0.9
-    expected = -torch.distributions.Normal(mean, 0.1).log_prob(x0).sum(1)
-    assert torch.allclose(
-        discrete_time.reconstruction_nll(x0, mean, math.log(0.1)), expected, atol=1e-12
-    )
+def test_log_snr_grid_inverts_the_sigmoid():
+    """λ_i = log(ᾱ_i / (1 − ᾱ_i)), so sigmoid(λ_i) = ᾱ_i (eq-forward-marginal), and λ_0 = +∞."""
+    assert LAM[0].item() == math.inf
+    torch.testing.assert_close(torch.sigmoid(LAM[1:]), AB[1:], rtol=1e-14, atol=0)
 
 
 def test_nelbo_of_exact_denoiser_bounds_the_true_nll():
     """eq-diffusion-elbo: with the exact E[x_0|x_t], −ELBO ≥ −log p(x_0) (on average), and is close."""
     mix = toy.two_gaussians()
-    model = grid_model(lambda xt, ab: oracles.mixture_posterior_mean(mix, xt, ab), AB)
     x0 = mix.sample(4000, generator=torch.Generator().manual_seed(3))
-    terms = discrete_time.nelbo_terms(
-        model, x0, AB, parameterization="x0", generator=torch.Generator().manual_seed(4)
+    terms = discrete_time.nelbo_terms_exact_sum(
+        mixture_denoiser(mix), x0, LAM, generator=torch.Generator().manual_seed(4)
     )
-    assert torch.allclose(
+    torch.testing.assert_close(
         terms["total"], terms["prior"] + terms["reconstruction"] + terms["diffusion"]
     )
     gap = terms["total"] - (-mix.log_prob(x0))
@@ -95,36 +49,101 @@ def test_nelbo_of_exact_denoiser_bounds_the_true_nll():
     assert gap.mean().item() < 5.0
 
 
-def test_elbo_loss_is_unbiased_for_the_nelbo():
-    """elbo_loss (one random step) averages to nelbo_terms' total (all steps)."""
+def shrinking_denoiser(xt, lam):
+    """Any fixed denoiser will do: x̂_0 = a noise-dependent shrinkage of x_t."""
+    return xt * torch.sigmoid(lam)[:, None].to(xt)
+
+
+def test_elbo_loss_and_one_step_terms_are_unbiased_for_the_exact_sum():
+    """elbo_loss (one random step of 1..T) and nelbo_terms_one_step (one of 2..T) average to
+    nelbo_terms_exact_sum's total (all steps): Monte Carlo within 5 standard errors."""
     mix = toy.two_gaussians()
-
-    def model(xt, t):  # any fixed denoiser will do: x̂_0 = a time-dependent shrinkage of x_t
-        return xt * (1 - t)[:, None]
-
     x0 = mix.sample(200, generator=torch.Generator().manual_seed(5))
-    exact = discrete_time.nelbo_terms(
-        model, x0, AB, parameterization="x0", generator=torch.Generator().manual_seed(6)
+    # the exact sum is itself a one-x_t-per-step estimate: compare its mean over 50 repeats
+    exact = torch.stack(
+        [
+            discrete_time.nelbo_terms_exact_sum(
+                shrinking_denoiser, x0, LAM, generator=torch.Generator().manual_seed(100 + k)
+            )["total"].mean()
+            for k in range(50)
+        ]
     )
     g = torch.Generator().manual_seed(7)
-    draws = torch.stack([discrete_time.elbo_loss(model, x0, g, alpha_bar=AB) for _ in range(1000)])
-    se = draws.std().item() / math.sqrt(len(draws))
-    assert abs(draws.mean().item() - exact["total"].mean().item()) < 5 * se + 0.05
+    draws = torch.stack(
+        [discrete_time.elbo_loss(shrinking_denoiser, x0, g, log_snr=LAM) for _ in range(1000)]
+    )
+    one_step = torch.stack(
+        [
+            discrete_time.nelbo_terms_one_step(shrinking_denoiser, x0, LAM, generator=g)[
+                "total"
+            ].mean()
+            for _ in range(1000)
+        ]
+    )
+    for est in (draws, one_step):
+        se = math.hypot(est.std().item() / math.sqrt(len(est)), exact.std().item() / math.sqrt(50))
+        assert abs(est.mean().item() - exact.mean().item()) < 5 * se
+
+
+def test_terms_on_a_two_step_grid_by_hand():
+    """T = 2, one example: prior, reconstruction and the one denoising term, each written out
+    from eq-diffusion-elbo with the same noise draws (the exact sum draws x_1, then x_2)."""
+    ab = torch.tensor([1.0, 0.8, 0.3], dtype=torch.float64)
+    x0 = torch.tensor([[0.4, -1.1]], dtype=torch.float64)
+    terms = discrete_time.nelbo_terms_exact_sum(
+        shrinking_denoiser,
+        x0,
+        discrete_time.log_snr_grid(ab),
+        generator=torch.Generator().manual_seed(8),
+    )
+    g = torch.Generator().manual_seed(8)
+    e1, e2 = (torch.randn(1, 2, generator=g, dtype=torch.float64) for _ in range(2))
+    x1 = math.sqrt(0.8) * x0 + math.sqrt(0.2) * e1
+    x2 = math.sqrt(0.3) * x0 + math.sqrt(0.7) * e2
+    recon = -torch.distributions.Normal(0.8 * x1, math.sqrt(0.2)).log_prob(x0).sum()
+    snr1, snr2 = 0.8 / 0.2, 0.3 / 0.7
+    denoise = 0.5 * (snr1 - snr2) * ((0.3 * x2 - x0) ** 2).sum()
+    q = torch.distributions.Normal(math.sqrt(0.3) * x0, math.sqrt(0.7))
+    prior = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum()
+    for name, value in (("reconstruction", recon), ("diffusion", denoise), ("prior", prior)):
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-12), name
+
+
+def test_ddpm_terms_use_the_discretized_decoder():
+    """ddpm_terms = nelbo_terms_one_step with discretized_reconstruction_nll: same draws, same terms."""
+    k = torch.randint(0, 17, (5, 3), generator=torch.Generator().manual_seed(9))
+    x0 = (2 * k / 16 - 1).double()
+    got = discrete_time.ddpm_terms(
+        shrinking_denoiser, x0, AB, bins=17, generator=torch.Generator().manual_seed(10)
+    )
+    decoder = functools.partial(nelbo.discretized_reconstruction_nll, bins=17)
+    ref = discrete_time.nelbo_terms_one_step(
+        shrinking_denoiser,
+        x0,
+        LAM,
+        decoder_nll=decoder,
+        generator=torch.Generator().manual_seed(10),
+    )
+    for name in ("prior", "reconstruction", "diffusion", "total"):
+        torch.testing.assert_close(got[name], ref[name], rtol=0, atol=0)
+    # a discrete decoder gives probabilities: every reconstruction term is a positive −log P
+    assert (got["reconstruction"] > 0).all()
 
 
 def test_bad_input():
     x0 = torch.zeros(3, 2)
-    model = lambda x, t: x  # noqa: E731
-    with pytest.raises(ValueError, match=r"unknown parameterization 'v'"):
-        discrete_time.elbo_loss(model, x0, None, alpha_bar=AB, parameterization="v")
-    with pytest.raises(ValueError, match=r"i must lie in 1..100"):
-        discrete_time.predict_x0(model, x0, torch.tensor([0, 1, 2]), AB, parameterization="x0")
-    with pytest.raises(ValueError, match="x0 has shape"):
-        discrete_time.snr_weighted_mse(x0, torch.zeros(3, 3), 0.5, 0.6)
-    with pytest.raises(ValueError, match="alpha_bar must decrease strictly"):
-        discrete_time.nelbo_terms(model, x0, torch.tensor([1.0, 0.5, 0.7]), parameterization="x0")
-    with pytest.raises(ValueError, match="bins must be None"):
-        discrete_time.reconstruction_nll(x0, x0, 0.0, bins=1)
+    with pytest.raises(ValueError, match="log_snr must decrease strictly"):
+        discrete_time.nelbo_terms_exact_sum(
+            shrinking_denoiser, x0, torch.tensor([math.inf, 0.5, 0.7])
+        )
+    with pytest.raises(ValueError, match="log_snr must decrease strictly"):
+        discrete_time.elbo_loss(shrinking_denoiser, x0, None, log_snr=torch.tensor([3.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="T >= 2"):
+        discrete_time.nelbo_terms_one_step(shrinking_denoiser, x0, torch.tensor([math.inf, 0.5]))
+    with pytest.raises(ValueError, match="alpha_bar\\[0\\] must be 1"):
+        discrete_time.log_snr_grid(torch.tensor([0.9, 0.5, 0.2]))
+    with pytest.raises(ValueError, match="the denoiser returned"):
+        discrete_time.elbo_loss(lambda x, lam: x[:, :1], x0, None, log_snr=LAM)
 
 
 def _chain_law(alpha_bar, x0, reverse):

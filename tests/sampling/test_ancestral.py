@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusion_lessons.data import oracles, toy
+from diffusion_lessons.denoisers.denoiser import FromScore
 from diffusion_lessons.noise.schedules import alpha_bar_from_betas, betas_linear
 from diffusion_lessons.sampling import ancestral
 
@@ -15,13 +16,21 @@ MIX = toy.two_gaussians()
 
 
 def exact_model(param):
-    def model(xt, t):
-        ab = AB[round(t[0].item() * T)].item()
-        if param == "x0":
-            return oracles.mixture_posterior_mean(MIX, xt, ab)
-        return MIX.noised(ab).score(xt)
+    """The exact denoiser D(x_t, λ) = E[x_0 | x_t], directly ("x0") or through the exact score
+    and Tweedie's formula (FromScore, "score"), at the level λ the sampler passes."""
 
-    return model
+    def ab_of(lam):
+        assert lam.dtype == torch.float64 and (lam == lam[0]).all()
+        return torch.sigmoid(lam[0]).item()
+
+    if param == "x0":
+        return lambda xt, lam: oracles.mixture_posterior_mean(MIX, xt, ab_of(lam))
+
+    class Score(torch.nn.Module):
+        def forward(self, xt, lam):
+            return MIX.noised(ab_of(lam)).score(xt)
+
+    return FromScore(Score())
 
 
 @pytest.mark.parametrize("param,n", [("x0", 4000), ("score", 2000)])
@@ -31,7 +40,6 @@ def test_exact_denoiser_reproduces_the_mixture_moments(param, n):
         exact_model(param),
         (n, 2),
         AB,
-        parameterization=param,
         generator=torch.Generator().manual_seed(0),
         dtype=torch.float64,
     )
@@ -68,6 +76,20 @@ def test_callback_sees_every_step_and_generator_fixes_the_noise():
     assert all(s[1] == (5, 2) and s[2] == (5, 2) for s in seen)
 
 
+def test_denoiser_sees_the_grid_levels():
+    """Step i calls the denoiser at λ_i = log(ᾱ_i / (1 − ᾱ_i)) of the grid, from i = T down to 1."""
+    levels = []
+
+    def denoiser(xt, lam):
+        levels.append(lam[0].item())
+        return torch.zeros_like(xt)
+
+    ab = AB[:6]
+    ancestral.ancestral_sample(denoiser, (3, 2), ab, generator=torch.Generator().manual_seed(3))
+    expected = [math.log(ab[i].item() / (1 - ab[i].item())) for i in range(5, 0, -1)]
+    assert levels == pytest.approx(expected, rel=1e-12)
+
+
 def test_last_step_returns_the_prediction():
     """With ᾱ_0 = 1 the last step adds no noise and returns x̂_0 itself (eq-posterior at t = 1)."""
     record = {}
@@ -84,8 +106,6 @@ def test_last_step_returns_the_prediction():
 
 def test_bad_input():
     model = exact_model("x0")
-    with pytest.raises(ValueError, match="unknown parameterization 'v'"):
-        ancestral.ancestral_sample(model, (2, 2), AB, parameterization="v")
     with pytest.raises(ValueError, match=r"x_T has shape \(3, 2\)"):
         ancestral.ancestral_sample(model, (2, 2), AB, x_T=torch.zeros(3, 2))
     with pytest.raises(ValueError, match="alpha_bar must"):

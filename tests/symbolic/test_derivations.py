@@ -50,11 +50,11 @@ def test_sympy_posterior_1d_matches_library():
     d = gaussian_identities.posterior_1d_by_completing_square()
     w, s, x, b = 1.3, 0.6, 0.9, -0.2
     subs = {d["w"]: w, d["s"]: s, d["x"]: x, d["b"]: b}
+    model = linear_gaussian.LinearGaussian(
+        torch.tensor([[w]], dtype=torch.float64), torch.tensor([b], dtype=torch.float64), s
+    )
     mean, cov = linear_gaussian.linear_gaussian_posterior(
-        torch.tensor([[x]], dtype=torch.float64),
-        torch.tensor([[w]], dtype=torch.float64),
-        torch.tensor([b], dtype=torch.float64),
-        s,
+        model, torch.tensor([[x]], dtype=torch.float64)
     )
     assert math.isclose(float(d["mean"].subs(subs)), mean.item(), rel_tol=1e-12)
     assert math.isclose(float(d["variance"].subs(subs)), cov.item(), rel_tol=1e-12)

@@ -88,7 +88,7 @@ def test_time_embedding_and_mlp_shapes():
     )  # cos 0 = 1, sin 0 = 0
     net = mlp.MLPDenoiser(dim=2, hidden=8, depth=1, emb_dim=4)
     assert net(torch.zeros(2, 2), t).shape == (2, 2)
-    with pytest.raises(ValueError, match=r"t must have shape \(B,\) = \(2,\)"):
+    with pytest.raises(ValueError, match=r"noise input c must have shape \(B,\) = \(2,\)"):
         net(torch.zeros(2, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="dim must be even"):
         embedding.time_embedding(t, 5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import textwrap
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -61,10 +61,7 @@ def setup_cpu() -> None:
         torch.set_num_threads(1)
 
 
-Sizes = TypeVar("Sizes")
-
-
-def sizes(*, small: Sizes, full: Sizes) -> Sizes:
+def sizes(*, small: Any, full: Any) -> Any:
     """The chapter's sizes for this run: ``small`` on a CPU, ``full`` on a GPU (see :func:`scale`).
 
     The one idiom for the size switch: a page writes both sets of sizes once, side by side (a

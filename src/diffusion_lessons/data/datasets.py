@@ -1,5 +1,10 @@
 """Image data sets: scikit-learn's 8×8 digits, MNIST and Fashion-MNIST.
 
+:data:`DATASETS` holds one :class:`DatasetSpec` per set (image shape, pixel levels, checksums,
+mirrors) and :func:`load_images` is the one loader every chapter, the engine and the command line
+call: ``load_images(name, split) → (N, C, H, W)`` in [−1, 1]. :func:`load_digits` and
+:func:`load_mnist` below it read the raw sets with their labels.
+
 MNIST and Fashion-MNIST are read from ``root`` (an argument), else from the folder named by the
 environment variable ``DIFFUSION_LESSONS_DATA``, else from a cache folder
 (``~/.cache/diffusion_lessons``); when the ``.npz`` file is missing there it is downloaded once from
@@ -15,13 +20,15 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffusion_lessons.checks import check_choice
+from diffusion_lessons.checks import check_choice, check_positive_int
 
 
 def scale_images(images: Tensor, max_value: float = 255.0) -> Tensor:
@@ -66,32 +73,69 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 
-DATASETS: dict[str, dict] = {
-    "mnist": {
-        "sha256": {
-            "x_train": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "y_train": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "x_test": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "y_test": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        },
-        "mirrors": [
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        ],
-    },
-    "fashion_mnist": {
-        "sha256": {
-            "x_train": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "y_train": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "x_test": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "y_test": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        },
-        "mirrors": [
-            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-            "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
-        ],
-    },
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One image data set: its ``name``, image ``shape`` (C, H, W) and number of pixel levels ``bins``.
+
+    Pixel k of 0..bins−1 is the value 2k/(bins − 1) − 1 in [−1, 1]. A downloaded set also has
+    the SHA-256 of each IDX file (keys of ``IDX_FILES``) and the ``mirrors`` that serve them;
+    a bundled one (the digits) has neither.
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    bins: int
+    sha256: Mapping[str, str] = field(default_factory=dict)
+    mirrors: tuple[str, ...] = ()
+
+    @property
+    def dim(self) -> int:
+        """Pixels per image, C·H·W: the D of a flattened image ``(N, D)``."""
+        return math.prod(self.shape)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("digits", (1, 8, 8), 17),
+        DatasetSpec(
+            "mnist",
+            (1, 28, 28),
+            256,
+            sha256={
+                "x_train": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                "y_train": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                "x_test": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                "y_test": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            },
+            mirrors=(
+                "https://ossci-datasets.s3.amazonaws.com/mnist/",
+                "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            ),
+        ),
+        DatasetSpec(
+            "fashion_mnist",
+            (1, 28, 28),
+            256,
+            sha256={
+                "x_train": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                "y_train": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                "x_test": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                "y_test": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            },
+            mirrors=(
+                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+            ),
+        ),
+    )
 }
+"""Every image data set the book uses, by name: the one registry (shape, bins, checksums, mirrors)."""
+
+DOWNLOADED = tuple(name for name, spec in DATASETS.items() if spec.mirrors)
+"""The data sets in MNIST's IDX format, read from ``{name}.npz`` (downloaded when missing)."""
+
 
 DATA_ENV = "DIFFUSION_LESSONS_DATA"
 """Environment variable naming a folder that holds (or will hold) ``mnist.npz`` etc."""
@@ -132,7 +176,7 @@ def parse_idx(raw: bytes) -> np.ndarray:
 
 
 def _verify_arrays(arrays: dict[str, np.ndarray], name: str, source: str) -> None:
-    for key, expected in DATASETS[name]["sha256"].items():
+    for key, expected in DATASETS[name].sha256.items():
         if key not in arrays:
             raise DatasetError(f"{source} has no array {key!r}; expected {sorted(IDX_FILES)}")
         got = hashlib.sha256(idx_bytes(arrays[key])).hexdigest()
@@ -162,11 +206,11 @@ def download_dataset(
     Each IDX file is fetched (gzip) from the first mirror that serves it with the right SHA-256;
     nothing is written unless all four verify, and the ``.npz`` is written atomically.
     """
-    check_choice(name, tuple(DATASETS), name="dataset")
+    check_choice(name, DOWNLOADED, name="dataset")
     from tqdm.auto import tqdm
 
     folder = data_dir(root)
-    mirrors = list(DATASETS[name]["mirrors"] if mirrors is None else mirrors)
+    mirrors = list(DATASETS[name].mirrors if mirrors is None else mirrors)
     arrays: dict[str, np.ndarray] = {}
     failures: list[str] = []
     for key in tqdm(IDX_FILES, desc=f"downloading {name}", disable=not progress):
@@ -178,7 +222,7 @@ def download_dataset(
                 failures.append(f"{url}: {err}")
                 continue
             got = hashlib.sha256(raw).hexdigest()
-            if got != DATASETS[name]["sha256"][key]:
+            if got != DATASETS[name].sha256[key]:
                 failures.append(f"{url}: checksum mismatch (sha256 {got[:16]}…)")
                 continue
             arrays[key] = parse_idx(raw)
@@ -222,7 +266,7 @@ def load_mnist(
     Use :func:`scale_images` to get floats in [−1, 1].
     """
     check_choice(split, ("train", "test"), name="split")
-    check_choice(name, tuple(DATASETS), name="dataset")
+    check_choice(name, DOWNLOADED, name="dataset")
     path = data_dir(root) / f"{name}.npz"
     if not path.exists():
         if not download:
@@ -251,3 +295,28 @@ def load_mnist(
         _VERIFIED[key] = True
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
+
+
+def load_images(
+    name: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    download: bool = True,
+) -> Tensor:
+    """The images of data set ``name`` (a key of :data:`DATASETS`): float32 ``(N, C, H, W)`` in [−1, 1].
+
+    ``split`` is ``"train"`` or ``"test"``; ``limit`` keeps the first ``limit`` images of the
+    split. Pixel values lie on the grid of ``DATASETS[name].bins`` levels. A page that models
+    flat vectors takes ``load_images(...).flatten(1)``, shape ``(N, D)`` with
+    D = ``DATASETS[name].dim``. ``root`` and ``download`` are as in :func:`load_mnist`.
+    """
+    check_choice(name, tuple(DATASETS), name="dataset")
+    check_choice(split, ("train", "test"), name="split")
+    if limit is not None:
+        check_positive_int(limit, name="limit")
+    if name == "digits":
+        return load_digits(split)[0][:limit]
+    raw, _ = load_mnist(split, name=name, root=root, download=download)
+    return scale_images(raw[:limit], max_value=DATASETS[name].bins - 1)

@@ -1,5 +1,6 @@
-"""Exact answers for data where they are known: E[x_0 | x_t] for a Gaussian mixture, the optimal
-denoiser of Gaussian data and its bound in closed form (discrete and continuous time).
+"""Exact answers for data where they are known: E[x_0 | x_t] for a Gaussian mixture (as a function
+of ᾱ and as a denoiser), the optimal denoiser of Gaussian data, and its losses in closed form (the
+bound in discrete and continuous time, L_simple in continuous time).
 
 The data modules never import this one; tests and chapters hold learned objects against it."""
 
@@ -19,14 +20,66 @@ from diffusion_lessons.denoisers.denoiser import Denoiser
 
 
 def gaussian_optimal_x0(data_var: float) -> Denoiser:
-    """The exact E[x | z_t] for data x ∼ N(0, v I): x̂ = √ᾱ v z / (ᾱ v + σ²)."""
+    """The exact denoiser E[x_0 | x_t] for data x_0 ∼ N(0, v I): x̂_0 = √ᾱ v x_t / (ᾱ v + σ²).
 
-    def x0_hat(z: Tensor, lam: Tensor) -> Tensor:
-        lam = promote_coefficient(append_dims(lam, z, name="log_snr", x_name="z"), z)
-        ab = torch.sigmoid(lam)
-        return (ab.sqrt() * data_var / (ab * data_var + 1.0 - ab)).to(z) * z
+    A :data:`~diffusion_lessons.denoisers.denoiser.Denoiser`: ``(x_t (B, ...), log_snr (B,)) →
+    (B, ...)``, with ᾱ = sigmoid(λ), σ² = sigmoid(−λ) (``eq-alpha-from-log-snr``). ``data_var``
+    v > 0.
+    """
+    v = float(data_var)
+    if not v > 0:
+        raise ValueError(f"data_var must be > 0, got {data_var!r}")
+
+    def x0_hat(xt: Tensor, log_snr: Tensor) -> Tensor:
+        lam = promote_coefficient(append_dims(log_snr, xt, name="log_snr", x_name="xt"), xt)
+        ab, var = torch.sigmoid(lam), torch.sigmoid(-lam)
+        return (ab.sqrt() * v / (ab * v + var)).to(xt) * xt
 
     return x0_hat
+
+
+def mixture_denoiser(mixture: GaussianMixture) -> Denoiser:
+    """The exact denoiser E[x_0 | x_t] of a Gaussian mixture, at a noise level per example.
+
+    A :data:`~diffusion_lessons.denoisers.denoiser.Denoiser`: ``(x_t (B, D), log_snr (B,)) →
+    (B, D)`` in x_t's dtype; row b is :func:`mixture_posterior_mean` at ᾱ_b = sigmoid(λ_b)
+    (computed once per distinct λ, in float64). The target of ``eq-score-eps``.
+    """
+    if not isinstance(mixture, GaussianMixture):
+        raise ValueError(f"mixture must be a data.GaussianMixture, got {type(mixture).__name__}")
+
+    def x0_hat(xt: Tensor, log_snr: Tensor) -> Tensor:
+        lam = torch.as_tensor(log_snr, dtype=torch.float64, device=xt.device)
+        if lam.shape != (xt.shape[0],):
+            raise ValueError(
+                f"log_snr must have shape (B,) = ({xt.shape[0]},), got {tuple(lam.shape)}"
+            )
+        out = torch.empty(xt.shape, dtype=torch.float64, device=xt.device)
+        levels, which = torch.unique(lam, return_inverse=True)
+        for k, level in enumerate(levels.tolist()):
+            rows = which == k
+            ab = torch.sigmoid(torch.tensor(level, dtype=torch.float64)).item()
+            out[rows] = mixture_posterior_mean(mixture, xt[rows], ab).to(out.device)
+        return out.to(xt.dtype)
+
+    return x0_hat
+
+
+def gaussian_eps_loss_exact(
+    data_var: float, dim: int, log_snr_max: float, log_snr_min: float
+) -> float:
+    """E_t E‖ε − ε̂*‖² of the optimal denoiser for x_0 ∼ N(0, v I_D), t ∼ U(0, 1), λ linear in t.
+
+    L_simple in continuous time (:func:`~diffusion_lessons.objectives.simple.eps_loss_continuous`)
+    at its minimum: the error of E[ε | x_t] is D v SNR/(1 + v SNR) at SNR = e^λ, and with λ
+    falling linearly from λ_max to λ_min its mean over t is
+    D (log(1 + v SNR_max) − log(1 + v SNR_min)) / (λ_max − λ_min)
+    = 2 L_∞ / (λ_max − λ_min) (:func:`gaussian_continuous_loss_exact`).
+    """
+    if not log_snr_max > log_snr_min:
+        raise ValueError(f"need log_snr_max > log_snr_min, got {log_snr_max} and {log_snr_min}")
+    exact_l_inf = gaussian_continuous_loss_exact(data_var, dim, log_snr_max, log_snr_min)
+    return 2.0 * exact_l_inf / (log_snr_max - log_snr_min)
 
 
 def gaussian_continuous_loss_exact(

@@ -54,25 +54,34 @@ def _identity(log_snr: Tensor) -> Tensor:
     return log_snr
 
 
-class _Wrapper(nn.Module):
+class WrappedNetwork(nn.Module):
+    """A network ``net(x_t, c)`` with its noise input c = ``cond(λ)``; the four wrappers below
+    differ only in what the network's output means."""
+
     def __init__(self, net: nn.Module, cond: Cond | None = None):
         super().__init__()
         self.net = net
         self.cond = cond if cond is not None else _identity
 
     def predict(self, xt: Tensor, log_snr: Tensor) -> Tensor:
-        """The network's raw output at x_t, fed the noise input ``cond(log_snr)``."""
-        return self.net(xt, self.cond(log_snr).to(xt.dtype))
+        """The network's raw output at x_t, fed the noise input ``cond(log_snr)``, in x_t's dtype.
+
+        The network runs in the dtype of its parameters (float64 data meets a float32 network
+        as float32), and its output is cast back, so the wrapper's algebra is done in x_t's dtype.
+        """
+        p = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
+        dtype = xt.dtype if p is None else p.dtype
+        return self.net(xt.to(dtype), self.cond(log_snr).to(dtype)).to(xt.dtype)
 
 
-class FromX0(_Wrapper):
+class FromX0(WrappedNetwork):
     """A network that predicts x_0, as a denoiser: x̂_0 = net(x_t, cond(λ))."""
 
     def forward(self, xt: Tensor, log_snr: Tensor) -> Tensor:
         return self.predict(xt, log_snr)
 
 
-class FromEps(_Wrapper):
+class FromEps(WrappedNetwork):
     """A network that predicts ε, as a denoiser: x̂_0 = (x_t − σ ε̂) / √ᾱ (``eq-eps-to-x0``)."""
 
     def forward(self, xt: Tensor, log_snr: Tensor) -> Tensor:
@@ -80,7 +89,7 @@ class FromEps(_Wrapper):
         return (xt - s * self.predict(xt, log_snr)) / a
 
 
-class FromScore(_Wrapper):
+class FromScore(WrappedNetwork):
     """A network that predicts the score ∇ log q(x_t), as a denoiser (``eq-tweedie``).
 
     x̂_0 = (x_t + σ² ŝ) / √ᾱ: Tweedie's formula with the model's score in place of the true one.
@@ -91,7 +100,7 @@ class FromScore(_Wrapper):
         return (xt + s**2 * self.predict(xt, log_snr)) / a
 
 
-class SkipX0(_Wrapper):
+class SkipX0(WrappedNetwork):
     """An x_0-predictor with the linear part built in: x̂_0 = √ᾱ x_t + σ F(x_t, cond(λ)).
 
     √ᾱ x_t is E[x_0 | x_t] when x_0 ~ N(0, I), so the network F only learns the correction,
@@ -105,13 +114,26 @@ class SkipX0(_Wrapper):
 
 
 def eps_from(denoiser: Denoiser, xt: Tensor, log_snr: Tensor) -> Tensor:
-    """ε̂ = (x_t − √ᾱ x̂_0) / σ: the noise a denoiser implies (``eq-eps-to-x0`` solved for ε)."""
+    """ε̂ = (x_t − √ᾱ x̂_0) / σ: the noise a denoiser implies (``eq-eps-to-x0`` solved for ε).
+
+    ``xt: (B, ...)``, ``log_snr: (B,)`` → ``(B, ...)``. For a :class:`FromEps` it is the network's
+    own output, exactly: the round trip ε̂ → x̂_0 → ε̂ would give the same value up to rounding
+    that grows like 1/σ where σ is small, so a loss in ε units reads the network directly.
+    """
+    if isinstance(denoiser, FromEps):
+        return denoiser.predict(xt, log_snr)
     a, s = alpha_sigma(log_snr, xt)
     return (xt - a * denoiser(xt, log_snr)) / s
 
 
 def score_from(denoiser: Denoiser, xt: Tensor, log_snr: Tensor) -> Tensor:
-    """ŝ = (√ᾱ x̂_0 − x_t) / σ²: the score a denoiser implies (Tweedie, ``eq-tweedie``)."""
+    """ŝ = (√ᾱ x̂_0 − x_t) / σ²: the score a denoiser implies (Tweedie, ``eq-tweedie``).
+
+    ``xt: (B, ...)``, ``log_snr: (B,)`` → ``(B, ...)``. For a :class:`FromScore` it is the
+    network's own output, exactly (no round trip through x̂_0, whose rounding grows like 1/σ²).
+    """
+    if isinstance(denoiser, FromScore):
+        return denoiser.predict(xt, log_snr)
     a, s = alpha_sigma(log_snr, xt)
     return (a * denoiser(xt, log_snr) - xt) / s**2
 

@@ -84,28 +84,3 @@ def implied_x0_weight(parameterization: str, alpha_bar: Tensor | float) -> Tenso
         )
     var = 1.0 - ab
     return {"x0": torch.ones_like(ab), "eps": ab / var, "score": ab / var**2}[parameterization]
-
-
-class SkipX0(torch.nn.Module):
-    """An x_0-predictor with the linear part built in: x̂_0 = √ᾱ_t x_t + σ_t F_θ(x_t, t).
-
-    √ᾱ_t x_t is E[x_0 | x_t] when x_0 ~ N(0, I) (``eq-eps-to-x0`` with the best linear guess), so
-    the network F_θ (``net(x_t, t)``, e.g. :class:`~diffusion_lessons.nets.mlp.MLPDenoiser`) only learns
-    the correction, scaled by σ_t. Near t = 0 the output is close to x_t without F_θ having to learn
-    the identity map. ``alpha_bar: (T + 1,)`` is the grid; the model is called with ``t = i / T``.
-    """
-
-    def __init__(self, net: torch.nn.Module, alpha_bar: Tensor):
-        super().__init__()
-        ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
-        if ab.ndim != 1 or ab.numel() < 2:
-            raise ValueError(f"alpha_bar must have shape (T + 1,), got {tuple(ab.shape)}")
-        self.net = net
-        # Kept in float64: the coefficients are formed in the promoted dtype and cast to x_t.
-        self.register_buffer("alpha_bar", ab, persistent=False)
-
-    def forward(self, xt: Tensor, t: Tensor) -> Tensor:
-        T = len(self.alpha_bar) - 1
-        i = torch.round(t * T).long().clamp(0, T)
-        a, s = _coefs(self.alpha_bar[i], xt, name="t")
-        return a * xt + s * self.net(xt, t)

@@ -9,7 +9,8 @@ For x_t = √ᾱ x_0 + σ ε with σ = √(1 − ᾱ) and q the law of x_t,
 so a model of the score (or of ε) is a model of the posterior mean, and the other way round.
 Shapes: ``xt, score: (N, D)``; ``alpha_bar`` a float in (0, 1].
 
-Also here: the importance-sampling route to E[x_0 | x_t] with its own error estimates, and the exact
+Also here: the importance-sampling route to E[x_0 | x_t] with its own error estimates, the RMS
+distance between two estimates of it with its standard error (:func:`rms_error`), and the exact
 denoising error of a prior on a few points (:func:`discrete_prior_denoising_error`), which shows
 that the best denoiser's error for one data point need not fall as the SNR grows (chapter 6).
 """
@@ -17,13 +18,13 @@ that the best denoiser's error for one data point need not fall as the SNR grows
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from diffusion_lessons.checks import check_positive_int
+from diffusion_lessons.montecarlo import mean_se
 
 
 def _check_alpha_bar(alpha_bar: Tensor | float, *, allow_one: bool = True) -> float:
@@ -107,44 +108,26 @@ def posterior_mean_importance_sampling(
     return ImportanceSamplingEstimate(mean, ess, sd, sd / ess.sqrt()[:, None], var_delta.sqrt())
 
 
-def error_per_noise_level(
-    estimate: Callable[[Tensor, float], Tensor],
-    exact: Callable[[Tensor, float], Tensor],
-    sample_x0: Callable[[int, torch.Generator], Tensor],
-    alpha_bars: list[float],
-    *,
-    n: int = 4096,
-    seed: int = 0,
-) -> list[dict[str, float]]:
-    """For each ᾱ, draw x_0 and x_t, and compare ``estimate(x_t, ᾱ)`` with ``exact(x_t, ᾱ)``.
+class RMSError(NamedTuple):
+    """What :func:`rms_error` returns: the RMS distance, its standard error, the number of rows."""
 
-    Returns one row per ᾱ: ``alpha_bar``; ``rmse``, √(mean ‖estimate − exact‖²) (how far the
-    estimate is from the true posterior mean), with ``rmse_se`` its Monte Carlo standard error
-    (delta method); and ``mmse_root``, √(mean ‖x_0 − exact‖²), the error of the best possible
-    denoiser, for scale.
+    rmse: float
+    se: float
+    n: int
+
+
+def rms_error(estimate: Tensor, reference: Tensor) -> RMSError:
+    """√(mean_n ‖estimate_n − reference_n‖²) with its Monte Carlo standard error: ``(N, D)`` each.
+
+    The rows are independent draws (of x_t, say, with ``reference`` the exact E[x_0 | x_t]); the
+    error of the mean squared distance m is s/√N (:func:`~diffusion_lessons.montecarlo.mean_se`)
+    and, by the delta method, that of √m is s/(2√(N m)) (0 when m = 0).
     """
-    check_positive_int(n, name="n")
-    rows = []
-    for k, ab in enumerate(alpha_bars):
-        a = _check_alpha_bar(ab, allow_one=False)
-        gen = torch.Generator().manual_seed(seed + k)
-        x0 = sample_x0(n, gen).to(torch.float64)
-        eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-        xt = math.sqrt(a) * x0 + math.sqrt(1.0 - a) * eps
-        best = exact(xt, a)
-        sq = ((estimate(xt, a).to(torch.float64) - best) ** 2).sum(1)
-        mse = sq.mean().item()
-        rmse = math.sqrt(mse)
-        se = sq.std().item() / math.sqrt(n) / (2 * rmse) if rmse > 0 else 0.0
-        rows.append(
-            {
-                "alpha_bar": a,
-                "rmse": rmse,
-                "rmse_se": se,
-                "mmse_root": math.sqrt(((x0 - best) ** 2).sum(1).mean().item()),
-            }
-        )
-    return rows
+    _check_pair(estimate, reference, "reference")
+    sq = ((estimate.to(torch.float64) - reference.to(torch.float64)) ** 2).sum(1)
+    est = mean_se(sq)
+    rmse = math.sqrt(est.mean)
+    return RMSError(rmse, est.se / (2 * rmse) if rmse > 0 else 0.0, est.n)
 
 
 def discrete_prior_denoising_error(

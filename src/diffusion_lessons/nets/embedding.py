@@ -1,5 +1,16 @@
-"""The sinusoidal embedding of a noise level (Vaswani et al. 2017; Ho et al. 2020) that the
-networks take as their conditioning input."""
+"""The sinusoidal embedding of a noise level (Vaswani et al. 2017; Ho et al. 2020): the one way the
+networks take their noise input.
+
+Each network multiplies its noise input c by its ``noise_scale`` before embedding it, so that the
+range of c spans many periods of the embedding's frequencies. What c is depends on how the network
+is used (:mod:`~diffusion_lessons.denoisers.denoiser`, the ``cond`` of the wrappers):
+
+- chapters 4–5, :class:`~diffusion_lessons.nets.mlp.MLPDenoiser` with ``noise_scale=1000``: the time
+  t = i/T ∈ [0, 1] of a T-step grid (``cond=denoiser.grid_time(alpha_bar)``), as in DDPM;
+- chapters 6–7, the same MLP with ``noise_scale=4``: the log-SNR λ itself (``cond`` the identity),
+  λ ∈ [−7, 13];
+- the image trainer, :class:`~diffusion_lessons.nets.unet.UNet` with ``noise_scale=50``: λ itself.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +23,9 @@ from torch import Tensor
 def time_embedding(t: Tensor, dim: int, *, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal features of a scalar per example (Vaswani et al. 2017; Ho et al. 2020).
 
-    ``t: (B,)`` (a time in [0, 1] scaled by 1000, or a log-SNR) → ``(B, dim)``: cosines and sines of
-    ``t`` at ``dim / 2`` geometrically spaced frequencies.
+    ``t: (B,)``, the network's noise input already multiplied by its ``noise_scale`` (see the
+    module docstring) → ``(B, dim)``: cosines and sines of ``t`` at ``dim / 2`` geometrically
+    spaced frequencies from 1 to 1/``max_period``.
     """
     if t.ndim != 1:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")

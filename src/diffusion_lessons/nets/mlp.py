@@ -8,11 +8,13 @@ from diffusion_lessons.nets.embedding import time_embedding
 
 
 class MLPDenoiser(nn.Module):
-    """f_θ(x_t, t) for flat data ``x: (B, D)`` and a scalar condition ``t: (B,)``; returns ``(B, D)``.
+    """f_θ(x_t, c) for flat data ``x: (B, D)`` and a noise input ``c: (B,)``; returns ``(B, D)``.
 
-    The condition goes through :func:`~diffusion_lessons.nets.embedding.time_embedding` (after multiplying by ``t_scale``, so that
-    t ∈ [0, 1] spans many periods) and an MLP, and is added to every hidden layer. What the output
-    means (x_0, ε or the score) is up to the loss that trains it.
+    ``c × noise_scale`` goes through :func:`~diffusion_lessons.nets.embedding.time_embedding` and
+    an MLP, and is added to every hidden layer. The default ``noise_scale=1000`` is for c = t = i/T
+    ∈ [0, 1] (chapters 4–5); chapters 6–7 feed c = λ with ``noise_scale=4``
+    (:mod:`~diffusion_lessons.nets.embedding`). What the output means (x_0, ε or the score) is up
+    to the wrapper and the loss that trains it (:mod:`~diffusion_lessons.denoisers.denoiser`).
     """
 
     def __init__(
@@ -21,10 +23,10 @@ class MLPDenoiser(nn.Module):
         hidden: int = 128,
         depth: int = 3,
         emb_dim: int = 64,
-        t_scale: float = 1000.0,
+        noise_scale: float = 1000.0,
     ):
         super().__init__()
-        self.dim, self.emb_dim, self.t_scale = dim, emb_dim, t_scale
+        self.dim, self.emb_dim, self.noise_scale = dim, emb_dim, noise_scale
         self.t_mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(
@@ -32,12 +34,14 @@ class MLPDenoiser(nn.Module):
         )
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
-        emb = self.t_mlp(time_embedding(t * self.t_scale, self.emb_dim))
+        if c.shape != (x.shape[0],):
+            raise ValueError(
+                f"the noise input c must have shape (B,) = ({x.shape[0]},), got {tuple(c.shape)}"
+            )
+        emb = self.t_mlp(time_embedding(c * self.noise_scale, self.emb_dim))
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)

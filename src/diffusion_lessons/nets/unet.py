@@ -1,10 +1,12 @@
 """The U-Net denoiser for images (Ronneberger et al. 2015, as adapted by Ho et al. 2020).
 
-ε̂_θ(x_t, t) for images ``x: (B, C, H, W)`` and a time ``t: (B,)`` in [0, 1]. The architecture is
+ε̂_θ(x_t, λ) for images ``x: (B, C, H, W)`` and the log-SNR ``λ: (B,)`` of x_t, so that
+``denoiser.FromEps(unet)`` is a denoiser under any schedule (:mod:`~diffusion_lessons.denoisers.denoiser`;
+DDPM conditioned on the step t instead). The architecture is
 DDPM's (Ho et al. 2020, appendix B; the PixelCNN++ backbone): a stack of residual blocks with
 GroupNorm at each resolution, halving the resolution between levels on the way down and doubling
 it on the way up, with skip connections between the two paths, self-attention at the resolutions
-listed in ``attn_resolutions``, and the sinusoidal time embedding
+listed in ``attn_resolutions``, and the sinusoidal embedding of λ × ``noise_scale``
 (:func:`~diffusion_lessons.nets.embedding.time_embedding`) added inside every residual block.
 
 :func:`ddpm_cifar10_config` gives the published 35.7M-parameter CIFAR-10 model and
@@ -91,7 +93,9 @@ class UNetConfig:
     ``image_size``: side of the square input; ``ch``: channels at full resolution; level i has
     ``ch * ch_mult[i]`` channels and the resolution halves between levels; ``num_res_blocks``
     residual blocks per level (one more on the way up); self-attention wherever the side length
-    is in ``attn_resolutions``.
+    is in ``attn_resolutions``. ``noise_scale`` multiplies the noise input λ before its embedding:
+    50 makes the book's log-SNR range (about [−5, 13.3], 18 units) span as many periods of the
+    embedding as DDPM's t × 1000 on t ∈ [0, 1] did.
     """
 
     image_size: int = 28
@@ -101,7 +105,7 @@ class UNetConfig:
     num_res_blocks: int = 2
     attn_resolutions: tuple[int, ...] = (7,)
     dropout: float = 0.1
-    t_scale: float = 1000.0
+    noise_scale: float = 50.0
 
     def __post_init__(self) -> None:
         check_positive_int(self.image_size, name="image_size")
@@ -116,6 +120,8 @@ class UNetConfig:
             raise ValueError(f"attn_resolutions must hold ints >= 1, got {self.attn_resolutions}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
+        if not self.noise_scale > 0:
+            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale!r}")
         factor = 2 ** (len(self.ch_mult) - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -165,7 +171,7 @@ def mnist_config(small: bool = False) -> UNetConfig:
 
 
 class UNet(nn.Module):
-    """ε̂_θ(x_t, t): ``x: (B, C, H, W)``, ``t: (B,)`` in [0, 1] → ``(B, C, H, W)``.
+    """ε̂_θ(x_t, λ): ``x: (B, C, H, W)``, ``log_snr: (B,)`` finite → ``(B, C, H, W)``.
 
     H = W = ``config.image_size``. Built from a :class:`UNetConfig`
     (``UNet(cfg)``) or from keyword arguments (``UNet(ch=64, ch_mult=(1, 2))``).
@@ -221,14 +227,16 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, log_snr: Tensor) -> Tensor:
         cfg = self.config
         c, s = cfg.in_channels, cfg.image_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
             raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape (B,) = ({x.shape[0]},), got {tuple(t.shape)}")
-        emb = self.t_mlp(time_embedding(t * cfg.t_scale, cfg.ch).to(x.dtype))
+        if log_snr.shape != (x.shape[0],):
+            raise ValueError(
+                f"log_snr must have shape (B,) = ({x.shape[0]},), got {tuple(log_snr.shape)}"
+            )
+        emb = self.t_mlp(time_embedding(log_snr * cfg.noise_scale, cfg.ch).to(x.dtype))
         h = self.conv_in(x)
         hs = [h]
         for level in self.down:

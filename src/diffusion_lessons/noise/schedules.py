@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -75,6 +76,32 @@ def log_snr_linear(t: Tensor, log_snr_max: float = 13.3, log_snr_min: float = -5
 
 MAX_BETA = 0.999
 """Nichol & Dhariwal's (2021) cap on a discrete β_i, used by :meth:`Schedule.ddpm_alpha_bar`."""
+
+
+class LogSNRSchedule(Protocol):
+    """A schedule: anything with a decreasing ``log_snr(t)`` on [0, 1] (a :class:`Schedule`, a
+    learned :class:`~diffusion_lessons.noise.learned_schedule.MonotoneLogSNR`)."""
+
+    def log_snr(self, t: Tensor) -> Tensor: ...
+
+
+def log_snr_and_derivative(
+    schedule: LogSNRSchedule, t: Tensor, *, create_graph: bool = False
+) -> tuple[Tensor, Tensor]:
+    """λ(t) and λ′(t) = dλ/dt by autograd, for ``t: (B,)``; both ``(B,)``.
+
+    With ``create_graph=True`` both stay differentiable, so gradients reach a learned schedule;
+    without it they are returned detached (enough to train the denoiser under a fixed schedule).
+    """
+    t = t.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        lam = schedule.log_snr(t)
+        (dlam,) = torch.autograd.grad(
+            lam.sum(), t, create_graph=create_graph, retain_graph=create_graph
+        )
+    if not create_graph:  # evaluation: no graph kept (gradients reach the model through z only)
+        return lam.detach(), dlam
+    return lam, dlam
 
 
 class FromLogSNR:
@@ -150,7 +177,8 @@ class Schedule(FromLogSNR):
         diffusers' ``betas_for_alpha_bar`` does the same): for the cosine schedule, whose
         ᾱ(1) is 0, it gives ᾱ_T = 0.001 ᾱ_{T−1} (2.4e-9 for T = 1000) instead of a ᾱ_T that
         is only rounding (3.7e-33), through which x̂_0 = (x_T − σ_T ε̂)/√ᾱ_T would blow up any
-        error in ε̂. This is the grid :func:`~diffusion_lessons.likelihood.ddpm_terms` uses.
+        error in ε̂. This is the grid
+        :func:`~diffusion_lessons.objectives.discrete_time.ddpm_terms` uses.
         """
         ab = self.discrete_alpha_bar(T).clone()
         ab[0] = 1.0

@@ -12,6 +12,8 @@ from diffusion_lessons.checks import (
 )
 
 SAMPLERS = ("uniform", "low_discrepancy")
+"""The time samplers of :func:`sample_times`: independent uniform times, or VDM's low-discrepancy
+times (one uniform shift of an even grid)."""
 
 
 def _device(generator: torch.Generator | None) -> torch.device:

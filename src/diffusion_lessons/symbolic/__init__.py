@@ -5,4 +5,5 @@
 - :mod:`~diffusion_lessons.symbolic.diffusion_posterior`    q(x_{t-1} | x_t, x_0) by completing the square; the SNR weight (chapter 4)
 - :mod:`~diffusion_lessons.symbolic.snr_bound`              the bound in SNR form, its invariance, its continuous limit (chapter 6)
 - :mod:`~diffusion_lessons.symbolic.tweedie_identities`     Tweedie's formula on two priors (chapter 7)
+- :mod:`~diffusion_lessons.symbolic.score_matching`         denoising and implicit score matching = explicit + constants (chapter 8)
 """

@@ -3,17 +3,30 @@
 :func:`train` trains a :class:`~diffusion_lessons.nets.unet.UNet` to predict ε (Ho et al. 2020) with
 the loss that ``TrainConfig.objective`` names (:data:`OBJECTIVES`): ``"eps"`` is DDPM's
 L_simple = E‖ε − ε̂‖² (:func:`l_simple`) and ``"vdm"`` is VDM's continuous-time diffusion loss
-−½ λ'(t) ‖ε − ε̂‖² (:func:`vdm_loss`, Kingma et al. 2021), both per dimension. On CUDA it uses
-bf16 autocast, channels_last, fused AdamW and ``torch.compile`` (eager, with one warning, where
-compilation fails); on a CPU it runs plain fp32 eager. The whole dataset lives on the device;
-every random draw of step ``s`` comes from a generator seeded by ``(seed, s)``, so a resumed run
-continues on exactly the same loss curve. Under ``torchrun`` (WORLD_SIZE > 1) each process takes
-its share of every global batch and DistributedDataParallel averages the gradients; rank 0 logs
-and writes checkpoints (:mod:`~diffusion_lessons.training.checkpoints`).
+−½ λ'(t) ‖ε − ε̂‖² (:func:`vdm_loss`, Kingma et al. 2021), both per dimension. Both are the
+library's losses (:mod:`~diffusion_lessons.objectives.simple`,
+:mod:`~diffusion_lessons.objectives.continuous_time`) of the denoiser
+``denoiser.FromEps(unet)``.
+
+The U-Net is conditioned on the log-SNR λ (``cond`` the identity), not on t ∈ [0, 1]: a network
+on t would need ``denoiser.schedule_time(schedule)``, a 60-step bisection per batch that recovers
+the t the engine drew in the first place. On a CPU it cost 6.5% of a step of the ``tiny`` preset
+(1.5 ms of 23 ms) and 0.1% of ``mnist-small``; on a GPU it would add some 600 small kernel
+launches and host synchronisations (its range checks) to every step (an estimate, not measured).
+Conditioned on λ, the network is a denoiser under any schedule. So that λ stays finite, t is drawn
+on (0, 1] (:func:`step_batch`): at t = 0 the cosine and linear-β schedules have λ = +∞.
+
+On CUDA the engine uses bf16 autocast, channels_last, fused AdamW and ``torch.compile`` (eager,
+with one warning, where compilation fails); on a CPU it runs plain fp32 eager. The whole dataset
+lives on the device; every random draw of step ``s`` comes from a generator seeded by
+``(seed, s)``, so a resumed run continues on exactly the same loss curve. Under ``torchrun``
+(WORLD_SIZE > 1) each process takes its share of every global batch and DistributedDataParallel
+averages the gradients; rank 0 logs and writes checkpoints
+(:mod:`~diffusion_lessons.training.checkpoints`).
 
 The parts, in the order of this file:
 
-- the objective: :func:`eps_loss`, :func:`l_simple`, :func:`vdm_loss`, :data:`OBJECTIVES`;
+- the objective: :func:`as_denoiser`, :func:`l_simple`, :func:`vdm_loss`, :data:`OBJECTIVES`;
 - the run: :class:`TrainConfig`, :data:`PRESETS`, :func:`load_images`, :func:`training_images`;
 - the batches: :func:`batch_indices`, :func:`step_batch`;
 - the device and the processes: :func:`training_device`, :func:`distributed_context`,
@@ -46,56 +59,54 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from diffusion_lessons.checks import check_choice, check_positive_int
-from diffusion_lessons.data.datasets import load_digits, load_mnist, scale_images
+from diffusion_lessons.data import datasets
+from diffusion_lessons.denoisers import denoiser
 from diffusion_lessons.nets.unet import UNet, UNetConfig
 from diffusion_lessons.noise.schedules import SCHEDULES, Schedule, get_schedule
-from diffusion_lessons.objectives.continuous_time import log_snr_and_derivative
+from diffusion_lessons.objectives import continuous_time, simple
 from diffusion_lessons.training import checkpoints
 
 # ---------------------------------------------------------------------------------------------
 # The objective: the loss of one batch, named once by ``TrainConfig.objective``.
 
 
-def eps_loss(
-    model: nn.Module,
-    x0: Tensor,
-    t: Tensor,
-    eps: Tensor,
-    log_snr: Tensor,
-    weight: Tensor | None = None,
-) -> Tensor:
-    """Weighted ε-prediction loss, per dimension: mean_b w_b ‖ε_b − ε̂_θ(x_t, t_b)‖² / D (scalar).
+def as_denoiser(model: nn.Module) -> denoiser.FromEps:
+    """The engine's U-Net (an ε-network conditioned on λ) as a denoiser: ``FromEps(model)``.
 
-    x_t = √ᾱ x_0 + σ ε with ᾱ = sigmoid(λ), σ² = sigmoid(−λ); ``x0, eps: (B, C, H, W)``,
-    ``t, log_snr: (B,)``. ``weight`` None gives DDPM's L_simple (Ho et al. 2020, eq. 14);
-    w = −½ λ'(t) gives VDM's continuous-time diffusion loss (Kingma et al. 2021, eq. 17) in nats
-    per dimension.
+    The one place that says how the engine's network is read; the losses below and
+    ``cli eval`` use it.
     """
-    ab = torch.sigmoid(log_snr)[:, None, None, None]
-    xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
-    sq = (eps - model(xt, t).float()).pow(2).flatten(1).mean(1)
-    return (sq if weight is None else weight * sq).mean()
+    return denoiser.FromEps(model)
+
+
+def _per_dimension(per_example: Tensor, x0: Tensor) -> Tensor:
+    return per_example.mean() / x0[0].numel()
 
 
 def l_simple(schedule: Schedule, model: nn.Module, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    """DDPM's L_simple in continuous time, per dimension: :func:`eps_loss` with w = 1.
+    """DDPM's L_simple in continuous time, per dimension: mean_b ‖ε_b − ε̂_θ(x_t, λ_b)‖² / D (scalar).
 
-    λ = ``schedule``'s log-SNR at ``t`` (computed in float64); ``x0, eps: (B, C, H, W)``,
-    ``t: (B,)`` in [0, 1]. Ho et al. 2020, eq. 14.
+    :func:`~diffusion_lessons.objectives.simple.eps_loss_continuous` of the denoiser
+    ``FromEps(model)`` (the U-Net is conditioned on λ), averaged over the batch and divided by
+    D = C·H·W, the number the engine reports. ``x0, eps: (B, C, H, W)``, ``t: (B,)`` in (0, 1].
+    Ho et al. 2020, eq. 14.
     """
-    log_snr = schedule.log_snr_fn(t.double()).float()
-    return eps_loss(model, x0, t, eps, log_snr)
+    per_example = simple.eps_loss_continuous(x0, as_denoiser(model), schedule, t, eps)
+    return _per_dimension(per_example, x0)
 
 
 def vdm_loss(schedule: Schedule, model: nn.Module, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    """VDM's continuous-time diffusion loss in nats per dimension: :func:`eps_loss`, w = −½ λ'(t).
+    """VDM's continuous-time diffusion loss L_∞ in nats per dimension (scalar).
 
-    λ'(t) by autograd (:func:`~diffusion_lessons.objectives.continuous_time.log_snr_and_derivative`); shapes as in
-    :func:`l_simple`. Kingma et al. 2021, eq. 17.
+    :func:`~diffusion_lessons.objectives.continuous_time.continuous_diffusion_loss` (nats per
+    example, summed over dimensions; −½ λ′(t) ‖ε − ε̂‖² in ε units) of ``FromEps(model)``,
+    averaged over the batch and divided by D. Shapes as in :func:`l_simple`. Kingma et al. 2021,
+    eq. 17.
     """
-    log_snr = schedule.log_snr_fn(t.double()).float()
-    weight = -0.5 * log_snr_and_derivative(schedule, t)[1].float()
-    return eps_loss(model, x0, t, eps, log_snr, weight)
+    per_example = continuous_time.continuous_diffusion_loss(
+        x0, as_denoiser(model), schedule, t, eps
+    )
+    return _per_dimension(per_example, x0)
 
 
 Objective = Callable[[Schedule, nn.Module, Tensor, Tensor, Tensor], Tensor]
@@ -106,8 +117,6 @@ OBJECTIVES: dict[str, Objective] = {"eps": l_simple, "vdm": vdm_loss}
 # ---------------------------------------------------------------------------------------------
 # The run: its configuration and its data.
 
-DATASETS = {"mnist": (1, 28, 256), "fashion_mnist": (1, 28, 256), "digits": (1, 8, 17)}
-"""Dataset name → (channels, side, number of pixel levels ``bins``)."""
 
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "compile")
 """Fields that may change when a run is resumed; any other difference is refused."""
@@ -119,7 +128,7 @@ class TrainConfig:
 
     Model: ``ch``, ``ch_mult``, ``num_res_blocks``, ``attn_resolutions``, ``dropout`` (see
     :class:`~diffusion_lessons.nets.unet.UNetConfig`). Data: ``dataset`` (a key of
-    :data:`DATASETS`), ``max_examples`` (the first N training images, or all). Objective:
+    :data:`~diffusion_lessons.data.datasets.DATASETS`), ``max_examples`` (the first N training images, or all). Objective:
     ``schedule`` (a key of :data:`~diffusion_lessons.noise.schedules.SCHEDULES`), ``objective`` (a
     key of :data:`OBJECTIVES`: the loss, named once). Optimisation: ``steps``, global
     ``batch_size``, AdamW ``lr`` after ``warmup_steps`` of linear warm-up (:func:`lr_at`),
@@ -149,7 +158,7 @@ class TrainConfig:
     compile: bool | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.dataset, tuple(DATASETS), name="dataset")
+        check_choice(self.dataset, tuple(datasets.DATASETS), name="dataset")
         check_choice(self.schedule, tuple(SCHEDULES), name="schedule")
         check_choice(self.objective, tuple(OBJECTIVES), name="objective")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -175,7 +184,7 @@ class TrainConfig:
 
     def unet_config(self) -> UNetConfig:
         """The :class:`~diffusion_lessons.nets.unet.UNetConfig` of this run's model."""
-        channels, side, _ = DATASETS[self.dataset]
+        channels, side, _ = datasets.DATASETS[self.dataset].shape
         return UNetConfig(
             image_size=side,
             in_channels=channels,
@@ -227,16 +236,10 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def load_images(cfg: TrainConfig, split: str = "train", root: str | None = None) -> Tensor:
-    """The images of ``cfg.dataset``: float32 ``(N, C, H, W)`` in [−1, 1].
-
-    The training split is cut to its first ``cfg.max_examples`` images.
-    """
-    if cfg.dataset == "digits":
-        images, _ = load_digits(split)
-    else:
-        raw, _ = load_mnist(split, name=cfg.dataset, root=root)
-        images = scale_images(raw)
-    return images[: cfg.max_examples] if split == "train" else images
+    """The images of ``cfg.dataset`` (:func:`~diffusion_lessons.data.datasets.load_images`):
+    float32 ``(N, C, H, W)`` in [−1, 1]; the training split cut to ``cfg.max_examples`` images."""
+    limit = cfg.max_examples if split == "train" else None
+    return datasets.load_images(cfg.dataset, split, root=root, limit=limit)
 
 
 def training_images(
@@ -245,7 +248,7 @@ def training_images(
     """``images`` (default :func:`load_images`) checked against ``cfg.dataset``, as float32 on
     ``device``: ``(N, C, H, W)``."""
     images = load_images(cfg, root=root) if images is None else images
-    channels, side, _ = DATASETS[cfg.dataset]
+    channels, side, _ = datasets.DATASETS[cfg.dataset].shape
     if images.ndim != 4 or tuple(images.shape[1:]) != (channels, side, side):
         raise ValueError(
             f"images must have shape (N, {channels}, {side}, {side}) for "
@@ -294,16 +297,17 @@ def step_batch(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(x0, t, eps)`` of this rank's share of the global batch of ``step``.
 
-    The global batch (indices, t ~ U[0, 1], ε ~ N(0, I)) is drawn identically on every rank from
-    generators seeded by ``(seed, step)``; rank r keeps rows r·B/W … (r + 1)·B/W − 1, so W
-    processes compute exactly the gradient of one process on the whole batch.
+    The global batch (indices; t ~ U(0, 1] as 1 − U[0, 1), so that λ(t) is finite; ε ~ N(0, I))
+    is drawn identically on every rank from generators seeded by ``(seed, step)``; rank r keeps
+    rows r·B/W … (r + 1)·B/W − 1, so W processes compute exactly the gradient of one process on
+    the whole batch.
     """
     b = cfg.batch_size // world
     rows = slice(rank * b, (rank + 1) * b)
     idx = batch_indices(step, cfg.batch_size, images.shape[0], cfg.seed)[rows]
     x0 = images[idx.to(images.device)]
     g = torch.Generator(device=images.device).manual_seed(_mix(cfg.seed, step, 1))
-    t = torch.rand(cfg.batch_size, generator=g, device=images.device)[rows]
+    t = 1.0 - torch.rand(cfg.batch_size, generator=g, device=images.device)[rows]
     eps = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g, device=images.device)
     return x0, t, eps[rows]
 
