@@ -119,12 +119,23 @@ def public_definitions(path: Path) -> list[ast.FunctionDef | ast.ClassDef]:
 
 
 def docstring_labels(path: Path) -> set[str]:
-    """The labels cited as ``eq-…`` in the docstrings of a module (any depth)."""
+    """The labels cited as ``eq-…`` in the docstrings the API page renders: the module's, and
+    those of its public functions and classes and of their public methods (private ones, whose
+    names start with _, are not documented)."""
     tree = ast.parse(path.read_text())
+    nodes: list[ast.AST] = [tree]
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+            nodes.append(node)
+            if isinstance(node, ast.ClassDef):
+                nodes += [
+                    m
+                    for m in node.body
+                    if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+                ]
     labels = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
-            labels.update(DOC_LITERAL.findall(ast.get_docstring(node) or ""))
+    for node in nodes:
+        labels.update(DOC_LITERAL.findall(ast.get_docstring(node) or ""))
     return labels
 
 
