@@ -1,12 +1,12 @@
 """Training throughput and model-FLOPs utilisation (MFU) of the U-Nets, fast path vs plain loop.
 
 For (a) the book's MNIST U-Net at 28×28 and (b) DDPM's 35.7M-parameter CIFAR-10 U-Net at 32×32,
-on random data, it times the engine's own step, :func:`diffusion_lessons.training.engine.train_step`
+on random data, it times the engine's own step, :func:`diffusion_lessons.training.optimization.train_step`
 (learning rate, ε-prediction loss, backward, gradient clipping, AdamW, EMA update), in two
 set-ups of the same model:
 
-- ``fast``:  the engine's set-up (:func:`~diffusion_lessons.training.engine.build_state`,
-  :func:`~diffusion_lessons.training.engine.make_loss_fn`), which on CUDA means bf16 autocast,
+- ``fast``:  the engine's set-up (:func:`~diffusion_lessons.training.optimization.build_state`,
+  :func:`~diffusion_lessons.training.optimization.make_loss_fn`), which on CUDA means bf16 autocast,
   channels_last, ``torch.compile``, fused AdamW (and TF32 for what stays in fp32);
 - ``plain``: fp32 eager with the default AdamW, contiguous tensors, TF32 matmuls off.
 
@@ -39,7 +39,7 @@ from diffusion_lessons.nets.unet import (
     mnist_config,
 )
 from diffusion_lessons.noise.schedules import get_schedule
-from diffusion_lessons.training import engine
+from diffusion_lessons.training import config, optimization
 
 
 @dataclass
@@ -90,42 +90,44 @@ def step_flops(model: nn.Module, x0: torch.Tensor, t: torch.Tensor) -> int:
     """FLOPs of one forward + backward pass of ``model`` on the batch (FlopCounterMode, fp32)."""
     schedule = get_schedule("linear_log_snr")
     with FlopCounterMode(display=False) as counter:
-        engine.l_simple(schedule, model, x0, t, torch.randn_like(x0)).backward()
+        config.l_simple(schedule, model, x0, t, torch.randn_like(x0)).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def plain_state(model: nn.Module, cfg: engine.TrainConfig) -> engine.TrainState:
+def plain_state(model: nn.Module, cfg: config.TrainConfig) -> optimization.TrainState:
     """The ``plain`` set-up: fp32 eager, the default AdamW, an EMA copy (no DDP, no compile)."""
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    return engine.TrainState(model, ema, opt, engine.compile_or_eager(model, enabled=False))
+    return optimization.TrainState(
+        model, ema, opt, optimization.compile_or_eager(model, enabled=False)
+    )
 
 
 def time_steps(case: Case, mode: str, dev: torch.device, steps: int, warmup: int) -> float:
-    """Seconds per :func:`~diffusion_lessons.training.engine.train_step` of ``case`` in ``mode``."""
+    """Seconds per :func:`~diffusion_lessons.training.optimization.train_step` of ``case`` in ``mode``."""
     torch.manual_seed(0)
     fast = mode == "fast"
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
-    cfg = engine.TrainConfig(dataset="mnist", lr=1e-4)  # compile: on CUDA only
+    cfg = config.TrainConfig(dataset="mnist", lr=1e-4)  # compile: on CUDA only
     model = UNet(case.config).train()
     if fast:
-        state = engine.build_state(model, cfg, dev)
-        loss_fn = engine.make_loss_fn(cfg, dev)
+        state = optimization.build_state(model, cfg, dev)
+        loss_fn = optimization.make_loss_fn(cfg, dev)
     else:
         state = plain_state(model.to(dev), cfg)
-        loss_fn = functools.partial(engine.OBJECTIVES[cfg.objective], get_schedule(cfg.schedule))
+        loss_fn = functools.partial(config.OBJECTIVES[cfg.objective], get_schedule(cfg.schedule))
     c, s, b = case.config.in_channels, case.config.image_size, case.batch_size
     x0 = torch.rand(b, c, s, s, device=dev) * 2 - 1
     batch = (x0, torch.rand(b, device=dev), torch.randn_like(x0))
     for _ in range(warmup):
-        engine.train_step(state, batch, loss_fn, cfg)
+        optimization.train_step(state, batch, loss_fn, cfg)
     _sync(dev)
     start = time.perf_counter()
     for _ in range(steps):
-        engine.train_step(state, batch, loss_fn, cfg)
+        optimization.train_step(state, batch, loss_fn, cfg)
     _sync(dev)
     return (time.perf_counter() - start) / steps
 

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 -m diffusion_lessons.cli train --config mnist --out runs/mnist
     python -m diffusion_lessons.cli eval --checkpoint runs/mnist/checkpoint.safetensors
 
-Configurations are the named presets of :data:`diffusion_lessons.training.engine.PRESETS`; the flags
+Configurations are the named presets of :data:`diffusion_lessons.training.config.PRESETS`; the flags
 override single fields. Nothing is read from configuration files.
 """
 
@@ -25,7 +25,7 @@ from diffusion_lessons.likelihood import evaluate_bits_per_dim
 from diffusion_lessons.nets.unet import UNet
 from diffusion_lessons.noise.schedules import get_schedule
 from diffusion_lessons.objectives import continuous_time, discrete_time
-from diffusion_lessons.training import checkpoints, engine
+from diffusion_lessons.training import checkpoints, config, engine
 
 OVERRIDES = {"steps": int, "batch_size": int, "lr": float, "seed": int, "max_examples": int}
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", help="train (or resume training) a U-Net")
-    tr.add_argument("--config", required=True, choices=sorted(engine.PRESETS))
+    tr.add_argument("--config", required=True, choices=sorted(config.PRESETS))
     for name, kind in OVERRIDES.items():
         tr.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     tr.add_argument(
@@ -64,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> engine.TrainConfig:
+def config_from_args(args: argparse.Namespace) -> config.TrainConfig:
     """The preset named by ``--config`` with the fields given on the command line replaced."""
     changes = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     changes["compile"] = {"auto": None, "on": True, "off": False}[args.compile]
-    return dataclasses.replace(engine.PRESETS[args.config], **changes)
+    return dataclasses.replace(config.PRESETS[args.config], **changes)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """``eval``: bits/dim of the test set under the checkpoint's EMA weights (checked on load)."""
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpt = checkpoints.read_training_state(args.checkpoint)
-    cfg = engine.TrainConfig.from_dict(ckpt.config)
+    cfg = config.TrainConfig.from_dict(ckpt.config)
     model = UNet(cfg.unet_config())
     checkpoints.load_module_state(
         model,
@@ -104,7 +104,7 @@ def evaluate(args: argparse.Namespace) -> int:
     model.to(dev).eval()
     images = datasets.load_images(cfg.dataset, "test", root=args.data_root, limit=args.n).to(dev)
     schedule, bins = get_schedule(cfg.schedule), datasets.DATASETS[cfg.dataset].bins
-    denoiser = engine.as_denoiser(model)  # FromEps: the U-Net is conditioned on λ
+    denoiser = config.as_denoiser(model)  # FromEps: the U-Net is conditioned on λ
     if args.method == "ddpm":
         alpha_bar = schedule.ddpm_alpha_bar(args.T).to(dev)
         terms_fn = functools.partial(

@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 from diffusion_lessons import cli
 from diffusion_lessons.nets import mlp
 from diffusion_lessons.noise import schedules
-from diffusion_lessons.training import checkpoints, engine
+from diffusion_lessons.training import checkpoints, config, distributed, engine, optimization
 
-TINY = engine.PRESETS["tiny"]
+TINY = config.PRESETS["tiny"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,7 +46,7 @@ def test_resume_continues_on_the_same_loss_curve(tmp_path):
 def test_refusals_leave_the_checkpoint_untouched(tmp_path):
     images = _images()
     engine.train(dataclasses.replace(TINY, steps=2), tmp_path, images=images, progress=False)
-    path = tmp_path / engine.CHECKPOINT_NAME
+    path = tmp_path / optimization.CHECKPOINT_NAME
     raw = path.read_bytes()
     with pytest.raises(ValueError, match="exists: pass resume=True"):
         engine.train(TINY, tmp_path, images=images, progress=False)
@@ -57,19 +57,19 @@ def test_refusals_leave_the_checkpoint_untouched(tmp_path):
     # a checkpoint of another architecture (the weights file of an MLP)
     other = tmp_path / "other"
     checkpoints.save_weights(
-        mlp.MLPDenoiser(dim=2, hidden=8, depth=1, emb_dim=4), other / engine.CHECKPOINT_NAME
+        mlp.MLPDenoiser(dim=2, hidden=8, depth=1, emb_dim=4), other / optimization.CHECKPOINT_NAME
     )
-    foreign = (other / engine.CHECKPOINT_NAME).read_bytes()
+    foreign = (other / optimization.CHECKPOINT_NAME).read_bytes()
     with pytest.raises(ValueError, match="not a training-engine checkpoint.*MLPDenoiser"):
         engine.train(TINY, other, resume=True, images=images, progress=False)
-    assert (other / engine.CHECKPOINT_NAME).read_bytes() == foreign
+    assert (other / optimization.CHECKPOINT_NAME).read_bytes() == foreign
     # a truncated file
     cut = tmp_path / "cut"
     cut.mkdir()
-    (cut / engine.CHECKPOINT_NAME).write_bytes(raw[: len(raw) // 2])
+    (cut / optimization.CHECKPOINT_NAME).write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ValueError, match="may be truncated"):
         engine.train(TINY, cut, resume=True, images=images, progress=False)
-    assert (cut / engine.CHECKPOINT_NAME).read_bytes() == raw[: len(raw) // 2]
+    assert (cut / optimization.CHECKPOINT_NAME).read_bytes() == raw[: len(raw) // 2]
     with pytest.raises(FileNotFoundError):
         engine.train(TINY, tmp_path / "empty", resume=True, images=images, progress=False)
 
@@ -106,14 +106,14 @@ def test_vdm_loss_is_the_eps_loss_scaled_by_minus_half_the_slope():
     ab = torch.sigmoid(log_snr)[:, None, None, None]
     by_hand = ((eps - model(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, log_snr)) ** 2).mean()
     # the two objectives TrainConfig names: λ from the schedule, and λ' by autograd for VDM
-    plain = engine.l_simple(schedule, model, x0, t, eps)
+    plain = config.l_simple(schedule, model, x0, t, eps)
     torch.testing.assert_close(plain, by_hand, rtol=1e-5, atol=0)
     wide = (model.double(), x0.double(), t.double(), eps.double())
-    weighted = engine.vdm_loss(schedule, *wide)
-    torch.testing.assert_close(weighted, 9.15 * engine.l_simple(schedule, *wide), rtol=1e-9, atol=0)
-    assert engine.OBJECTIVES == {"eps": engine.l_simple, "vdm": engine.vdm_loss}
+    weighted = config.vdm_loss(schedule, *wide)
+    torch.testing.assert_close(weighted, 9.15 * config.l_simple(schedule, *wide), rtol=1e-9, atol=0)
+    assert config.OBJECTIVES == {"eps": config.l_simple, "vdm": config.vdm_loss}
     # train reports the loss of its objective at step 0 (same initial weights, same batch)
-    for objective, loss in (("vdm", engine.vdm_loss), ("eps", engine.l_simple)):
+    for objective, loss in (("vdm", config.vdm_loss), ("eps", config.l_simple)):
         run = engine.train(
             dataclasses.replace(cfg, objective=objective, steps=1), images=images, progress=False
         )
@@ -133,15 +133,15 @@ def test_engine_losses_are_the_library_losses_per_dimension():
     model = _random_unet(TINY)
     d = x0[0].numel()
     lam = torch.linspace(-5.0, 13.0, len(t))
-    torch.testing.assert_close(engine.as_denoiser(model)(x0, lam), FromEps(model)(x0, lam))
-    assert engine.as_denoiser(model).cond(lam) is lam
+    torch.testing.assert_close(config.as_denoiser(model)(x0, lam), FromEps(model)(x0, lam))
+    assert config.as_denoiser(model).cond(lam) is lam
     for name in ("linear_log_snr", "cosine"):
         schedule = schedules.get_schedule(name)
         lib = simple.eps_loss_continuous(x0, FromEps(model), schedule, t, eps).mean() / d
-        torch.testing.assert_close(engine.l_simple(schedule, model, x0, t, eps), lib)
+        torch.testing.assert_close(config.l_simple(schedule, model, x0, t, eps), lib)
     schedule = schedules.get_schedule("linear_log_snr")
     lib = continuous_time.continuous_diffusion_loss(x0, FromEps(model), schedule, t, eps)
-    torch.testing.assert_close(engine.vdm_loss(schedule, model, x0, t, eps), lib.mean() / d)
+    torch.testing.assert_close(config.vdm_loss(schedule, model, x0, t, eps), lib.mean() / d)
 
 
 class _OptimalEps(torch.nn.Module):
@@ -170,7 +170,7 @@ def test_engine_loss_of_the_optimal_denoiser_is_the_closed_form(objective):
     cfg = dataclasses.replace(TINY, objective=objective)
     g = torch.Generator().manual_seed(9)
     images = v**0.5 * torch.randn(steps * cfg.batch_size, 1, 8, 8, generator=g)  # seen once each
-    loss_fn = engine.make_loss_fn(cfg, torch.device("cpu"))
+    loss_fn = optimization.make_loss_fn(cfg, torch.device("cpu"))
     model = _OptimalEps(v)
     draws = torch.stack(
         [loss_fn(model, *engine.step_batch(images, s, cfg)).detach() for s in range(steps)]
@@ -189,11 +189,11 @@ def test_oom_message_suggests_a_batch_that_fits():
         if b > 24:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
-    fits = engine.largest_fitting_batch(fake, 128)
+    fits = distributed.largest_fitting_batch(fake, 128)
     assert fits == 16
-    msg = engine.oom_message(256, fits, world=2)
+    msg = distributed.oom_message(256, fits, world=2)
     assert "batch_size=256 (128 per GPU)" in msg and "--batch-size 32" in msg
-    assert "even 1 image" in engine.oom_message(8, 0)
+    assert "even 1 image" in distributed.oom_message(8, 0)
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
@@ -224,10 +224,10 @@ def test_train_is_train_step_over_the_step_batches():
     run = engine.train(cfg, images=images, progress=False)
     dev = torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    state = engine.build_state(engine.UNet(cfg.unet_config()), cfg, dev)
-    loss_fn = engine.make_loss_fn(cfg, dev)
+    state = optimization.build_state(engine.UNet(cfg.unet_config()), cfg, dev)
+    loss_fn = optimization.make_loss_fn(cfg, dev)
     losses = [
-        engine.train_step(state, engine.step_batch(images, s, cfg), loss_fn, cfg).item()
+        optimization.train_step(state, engine.step_batch(images, s, cfg), loss_fn, cfg).item()
         for s in range(cfg.steps)
     ]
     assert state.step == run.step == 3
@@ -241,27 +241,27 @@ def test_train_is_train_step_over_the_step_batches():
 def test_learning_rate_warm_up_and_ema_update():
     """lr · min(1, (s + 1)/warm-up), and θ_ema ← d θ_ema + (1 − d) θ written out by hand."""
     cfg = dataclasses.replace(TINY, lr=1e-3, warmup_steps=4)
-    lrs = [engine.lr_at(s, cfg) for s in range(6)]
+    lrs = [optimization.lr_at(s, cfg) for s in range(6)]
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rel=1e-12)
-    assert engine.lr_at(0, dataclasses.replace(cfg, warmup_steps=0)) == 1e-3
+    assert optimization.lr_at(0, dataclasses.replace(cfg, warmup_steps=0)) == 1e-3
     torch.manual_seed(0)
     ema, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before = [p.detach().clone() for p in ema.parameters()]
-    engine.ema_update(ema, model, 0.9)
+    optimization.ema_update(ema, model, 0.9)
     for e, b, p in zip(ema.parameters(), before, model.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p.detach())
 
 
 def test_config_refusals():
     with pytest.raises(ValueError, match="unknown dataset"):
-        engine.TrainConfig(dataset="cifar100")
+        config.TrainConfig(dataset="cifar100")
     with pytest.raises(ValueError, match="unknown objective 'x0'; choose one of 'eps', 'vdm'"):
-        engine.TrainConfig(objective="x0")
+        config.TrainConfig(objective="x0")
     with pytest.raises(ValueError, match="objective 'vdm' needs a finite log-SNR"):
-        engine.TrainConfig(objective="vdm", schedule="linear_beta")
+        config.TrainConfig(objective="vdm", schedule="linear_beta")
     with pytest.raises(ValueError, match="image_size must be divisible"):
-        engine.TrainConfig(ch_mult=(1, 2, 2, 2))
-    assert engine.TrainConfig.from_dict(TINY.to_dict()) == TINY
+        config.TrainConfig(ch_mult=(1, 2, 2, 2))
+    assert config.TrainConfig.from_dict(TINY.to_dict()) == TINY
 
 
 # --- DistributedDataParallel on the CPU (gloo), two processes --------------------------------
@@ -307,7 +307,7 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
     for k, v in single.model.state_dict().items():
         assert torch.allclose(r0[k], v, atol=1e-5, rtol=1e-4), k
     assert torch.allclose(r0["losses"], torch.tensor(single.losses), rtol=1e-5)
-    assert (tmp_path / engine.CHECKPOINT_NAME).exists(), "rank 0 wrote the checkpoint"
+    assert (tmp_path / optimization.CHECKPOINT_NAME).exists(), "rank 0 wrote the checkpoint"
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -325,12 +325,14 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
         ["train", "--config", "tiny", "--steps", "4", "--out", out, "--resume", "--no-progress"]
     )
     assert "step 4" in capsys.readouterr().out
-    ckpt = checkpoints.read_training_state(tmp_path / "run" / engine.CHECKPOINT_NAME)
-    cfg, step, tensors = engine.TrainConfig.from_dict(ckpt.config), ckpt.step, ckpt.tensors
+    ckpt = checkpoints.read_training_state(tmp_path / "run" / optimization.CHECKPOINT_NAME)
+    cfg, step, tensors = config.TrainConfig.from_dict(ckpt.config), ckpt.step, ckpt.tensors
     assert step == 4 and tensors["losses"].shape == (4,) and cfg.steps == 4
     straight = engine.train(dataclasses.replace(TINY, steps=4), progress=False)
     assert tensors["losses"].tolist() == straight.losses
-    cli.main(["eval", "--checkpoint", str(tmp_path / "run" / engine.CHECKPOINT_NAME), "--n", "32"])
+    cli.main(
+        ["eval", "--checkpoint", str(tmp_path / "run" / optimization.CHECKPOINT_NAME), "--n", "32"]
+    )
     text = capsys.readouterr().out
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()[1:]}
     terms = {"prior", "reconstruction", "diffusion", "total"}
@@ -344,7 +346,7 @@ def test_cli_eval_checks_the_ema_weights(tmp_path):
     torch.manual_seed(0)
     model = engine.UNet(TINY.unet_config())
     wider = engine.UNet(dataclasses.replace(TINY, ch=16).unet_config())
-    path = tmp_path / engine.CHECKPOINT_NAME
+    path = tmp_path / optimization.CHECKPOINT_NAME
     checkpoints.save_training_state(
         path,
         modules={"model": model, "ema": wider},
@@ -371,10 +373,10 @@ def test_benchmark_script_runs_at_tiny_size(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "bench_train", bench)  # dataclasses look the module up
     spec.loader.exec_module(bench)
     timed = []  # the benchmark times the engine's own step, not a copy of it
-    step = engine.train_step
-    monkeypatch.setattr(engine, "train_step", lambda *a: timed.append(1) or step(*a))
+    step = optimization.train_step
+    monkeypatch.setattr(optimization, "train_step", lambda *a: timed.append(1) or step(*a))
     rows = bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "0"])
-    assert len(timed) == 4, "one timed engine.train_step per model and mode"
+    assert len(timed) == 4, "one timed optimization.train_step per model and mode"
     assert [r["mode"] for r in rows] == ["plain", "fast"] * 2
     assert all(r["images_per_s"] > 0 and 0 < r["mfu"] < 1 for r in rows)
     # the CIFAR-shaped model (32×32×3, 4 levels) costs more per step than the MNIST-shaped one
