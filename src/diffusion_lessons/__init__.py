@@ -13,6 +13,7 @@ denoiser) serves several chapters. Sub-packages, in the order the book introduce
 - :mod:`~diffusion_lessons.denoisers`      chapters 5, 7: parameterizations, Tweedie
 - :mod:`~diffusion_lessons.objectives`     chapters 4–6: the diffusion bound and training losses
 - :mod:`~diffusion_lessons.sampling`       chapter 4: running the reverse process
+- :mod:`~diffusion_lessons.guidance`       chapter 9: conditioning and guidance
 - :mod:`~diffusion_lessons.nets`           chapters 4–10: noise-level embedding, MLP, U-Net
 - :mod:`~diffusion_lessons.data`           every chapter: toy data, image sets, exact oracles
 - :mod:`~diffusion_lessons.likelihood`     chapter 10: bits/dim of an image set

@@ -90,7 +90,7 @@ class TrainConfig:
     :data:`~diffusion_lessons.data.datasets.DATASETS`), ``max_examples`` (the first N training images, or all). Objective:
     ``schedule`` (a key of :data:`~diffusion_lessons.noise.schedules.SCHEDULES`), ``objective`` (a
     key of :data:`OBJECTIVES`: the loss, named once). Optimisation: ``steps``, global
-    ``batch_size``, AdamW ``lr`` after ``warmup_steps`` of linear warm-up (:func:`lr_at`),
+    ``batch_size``, AdamW ``lr`` after ``warmup_steps`` of linear warm-up (:func:`~diffusion_lessons.training.optimization.lr_at`),
     ``weight_decay``, ``grad_clip`` (global norm, or None), ``ema_decay``, ``seed``.
     Bookkeeping: ``checkpoint_every``, ``log_every`` steps; ``compile``: None means on CUDA only.
     """
@@ -160,7 +160,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused."""
+        """Inverse of :meth:`TrainConfig.to_dict`; unknown keys are refused."""
         known = {f.name for f in fields(cls)}
         if set(d) - known:
             raise ValueError(f"unknown TrainConfig fields {sorted(set(d) - known)}")

@@ -142,7 +142,7 @@ def train(
 ) -> TrainResult:
     """Train the U-Net of ``cfg`` for ``cfg.steps`` steps; checkpoint to ``out_dir``.
 
-    ``images`` (float ``(N, C, H, W)`` in [−1, 1]) default to :func:`load_images`. With
+    ``images`` (float ``(N, C, H, W)`` in [−1, 1]) default to :func:`~diffusion_lessons.training.config.load_images`. With
     ``out_dir``, the state goes to ``out_dir/checkpoint.safetensors`` every
     ``cfg.checkpoint_every`` steps and at the end; an existing checkpoint is only continued with
     ``resume=True`` (and never silently overwritten otherwise). Under torchrun, call it in every
@@ -213,7 +213,7 @@ def run_steps(
     *,
     progress: bool = True,
 ) -> TrainResult:
-    """Run :func:`train_step` from ``state.step`` to ``cfg.steps`` on ``images`` (on the device).
+    """Run :func:`~diffusion_lessons.training.optimization.train_step` from ``state.step`` to ``cfg.steps`` on ``images`` (on the device).
 
     Before each step: the dropout seed ``(seed, step, 2, rank)`` and this rank's share of the
     step's batch (:func:`step_batch`). Every ``log_every`` and ``checkpoint_every`` steps and at
@@ -255,7 +255,7 @@ def oom_error(
     """The error to raise when a step ran out of memory: it names a batch size that fits.
 
     Probes eager forward and backward passes on the first rows of step 0's global batch, halving
-    from this process's share (:func:`largest_fitting_batch`).
+    from this process's share (:func:`~diffusion_lessons.training.distributed.largest_fitting_batch`).
     """
     state.opt.zero_grad(set_to_none=True)
     fits = largest_fitting_batch(

@@ -173,7 +173,7 @@ def train_step(
 
     Sets the learning rate (:func:`lr_at`), computes the loss and its gradient
     (:func:`backward_compiled_or_eager`), clips the gradient's global norm to ``cfg.grad_clip``,
-    steps the optimizer, updates the EMA with ``cfg.ema_decay`` and counts the step. :func:`train`
+    steps the optimizer, updates the EMA with ``cfg.ema_decay`` and counts the step. :func:`~diffusion_lessons.training.engine.train`
     runs it for every step, after the step's dropout seed and batch; the benchmark times it.
     """
     for group in state.opt.param_groups:
@@ -235,7 +235,7 @@ def restore_state(
     """Load a checkpoint into ``model``, ``ema`` and ``opt``; return ``(step, losses)``.
 
     Everything is checked before anything is copied: a configuration that differs outside
-    :data:`RESUMABLE_FIELDS` (named in the error), another architecture or an unreadable file
+    :data:`~diffusion_lessons.training.config.RESUMABLE_FIELDS` (named in the error), another architecture or an unreadable file
     raise ``ValueError`` and leave the modules untouched.
     """
     ckpt = checkpoints.read_training_state(path)
