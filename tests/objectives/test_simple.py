@@ -90,6 +90,7 @@ def test_eps_loss_continuous_by_hand_and_at_its_closed_form():
     assert mean_se(per_example).within(oracles.gaussian_eps_loss_exact(v, d, lmax, lmin))
 
 
+@pytest.mark.slow  # trains three networks (5 s); make test runs it after the book
 def test_three_parameterizations_learn_the_exact_posterior_mean():
     """eq-score-eps / eq-eps-to-x0: x_0-, ε- and score-models, trained alike and read as
     denoisers, approach the exact E[x_0 | x_t] of a Gaussian mixture (and hence each other)."""
