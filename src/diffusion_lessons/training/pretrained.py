@@ -63,7 +63,13 @@ class Shipped:
     info_sha256: str
 
 
-SHIPPED: dict[str, Shipped] = {}
+SHIPPED: dict[str, Shipped] = {
+    # Chapter 10's MNIST U-Net (1.1M parameters), trained on a 2-core CPU: checkpoints/mnist.json.
+    "mnist": Shipped(
+        weights_sha256="5202bbf387dc93b01fe0633c7ebf0932c00376e22577d56580404f036d9afc2e",
+        info_sha256="03dc13ec514c6ae78e9936e1850295472a92a774118126cd0e96e0914374a47a",
+    ),
+}
 """Every checkpoint shipped in ``checkpoints/``, by name, with the checksums a download must match."""
 
 
