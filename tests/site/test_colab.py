@@ -3,7 +3,7 @@
 A fresh virtual environment holds only what Colab already provides (torch, numpy, matplotlib,
 sympy, ipywidgets and a Jupyter kernel, at the versions in requirements.txt); the notebook's own
 first cell must install the library (from this checkout, through $DIFFUSION_LESSONS_PIP_SPEC, where
-Colab would install it from GitHub). Every cell must run, within the chapter's time budget.
+Colab would install it from GitHub), and shipped checkpoints are downloaded into an empty cache. Every cell must run, within the chapter's time budget.
 
 `make test` runs this module twice: on this CPU's own PyTorch kernels, and with
 ATEN_CPU_CAPABILITY=default (PyTorch's portable kernels), so that a page comparing two differently
@@ -103,6 +103,10 @@ def test_chapter_runs_like_colab(md, colab_kernel, tmp_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_PATH", str(colab_kernel["jupyter_path"]))
     monkeypatch.setenv("DIFFUSION_LESSONS_PIP_SPEC", str(REPO))
+    # A Colab reader has no checkout: the shipped checkpoints are downloaded (here from this
+    # checkout's folder, through the same urllib call and SHA-256 check) into an empty cache.
+    monkeypatch.setenv("DIFFUSION_LESSONS_CHECKPOINT_URL", (REPO / "checkpoints").as_uri())
+    monkeypatch.setenv("DIFFUSION_LESSONS_CHECKPOINTS", str(tmp_path / "checkpoint-cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("VIRTUAL_ENV", raising=False)
     monkeypatch.delenv("PYTHONPATH", raising=False)
