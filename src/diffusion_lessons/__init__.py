@@ -17,8 +17,9 @@ denoiser) serves several chapters. Sub-packages, in the order the book introduce
 - :mod:`~diffusion_lessons.nets`           chapters 4–10: noise-level embedding, MLP, U-Net
 - :mod:`~diffusion_lessons.data`           every chapter: toy data, image sets, exact oracles
 - :mod:`~diffusion_lessons.likelihood`     chapter 10: bits/dim of an image set
-- :mod:`~diffusion_lessons.training`       chapters 1–10: the teaching loop, checkpoints, the image trainer
-- :mod:`~diffusion_lessons.cli`            ``python -m diffusion_lessons.cli train|eval``
+- :mod:`~diffusion_lessons.training`       chapters 1–10: the teaching loop, checkpoints, the image trainer, shipped models
+- :mod:`~diffusion_lessons.coding`         chapter 11: bits-back compression with a diffusion model (ANS)
+- :mod:`~diffusion_lessons.cli`            ``diffusion-lessons train|eval|export|compress|decompress``
 - :mod:`~diffusion_lessons.symbolic`       sympy derivations the pages show
 - :mod:`~diffusion_lessons.book`           page support: glue, sizes, plots, sliders
 

@@ -6,4 +6,5 @@
 - :mod:`~diffusion_lessons.training.optimization` one training step and its state's checkpoint
 - :mod:`~diffusion_lessons.training.distributed`  devices, torchrun processes, out of memory
 - :mod:`~diffusion_lessons.training.engine`         the fast image trainer (GPU, resumable, DDP)
+- :mod:`~diffusion_lessons.training.pretrained`     the book's shipped checkpoints: export, download, load
 """

@@ -1,0 +1,332 @@
+"""Bits-back coding (BB-ANS) of 8-bit images through a diffusion chain (chapter 11).
+
+The negative ELBO of chapter 4 is read as a file format. To encode x_0, in this order
+(Townsend et al. 2019), on one ANS stack:
+
+1. pop x_T from q(x_T | x_0), then x_{T-1}, …, x_1 from q(x_{t-1} | x_t, x_0) (bits back),
+2. push x_0 under the discretized decoder p_θ(x_0 | x_1),
+3. push x_1, …, x_{T-1} under p_θ(x_{t-1} | x_t),
+4. push x_T under the prior N(0, I).
+
+The decoder runs the same steps backwards. Latents live on :class:`~.grids.LatentGrid` lattices;
+p_θ(x_{t-1} | x_t) is the posterior with x̂_0 plugged in and the same variance (``eq-reverse-step``),
+so step t costs KL(q ‖ p_θ) = ``denoising_kl`` bits on average and the ledger sets them side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import constriction
+import numpy as np
+import torch
+
+from diffusion_lessons.coding.grids import LatentGrid, Lattice
+from diffusion_lessons.gaussians import discretized_gaussian_log_prob
+from diffusion_lessons.objectives import nelbo
+from diffusion_lessons.objectives.discrete_time import log_snr_grid
+from diffusion_lessons.process.posterior import posterior_coefs
+
+X0_GRID = 2.0**-20
+"""The denoiser's x̂_0 is rounded to multiples of this before any probability is formed."""
+
+LN2 = math.log(2.0)
+
+
+@contextlib.contextmanager
+def deterministic():
+    """Run the model with ``torch.use_deterministic_algorithms(True)`` and without gradients."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainCode:
+    """A diffusion chain as a code: its grid ᾱ_0 = 1 > ᾱ_1 > … > ᾱ_T, latent grid and data levels.
+
+    Parameters
+    ----------
+    alpha_bar : sequence of float
+        The time grid ``(T + 1,)``, ᾱ_0 = 1, T ≥ 2.
+    grid : LatentGrid
+        Precision and window of the latents.
+    bins : int
+        Data levels (256 for 8-bit images).
+    """
+
+    alpha_bar: tuple[float, ...]
+    grid: LatentGrid = LatentGrid()
+    bins: int = 256
+
+    def __post_init__(self) -> None:
+        ab = torch.as_tensor(self.alpha_bar, dtype=torch.float64)
+        object.__setattr__(self, "alpha_bar", tuple(float(a) for a in ab))
+        log_snr_grid(ab)  # validates the grid
+        if len(ab) < 3:
+            raise ValueError(f"alpha_bar must have T + 1 >= 3 entries, got {len(ab)}")
+        if (
+            isinstance(self.bins, bool)
+            or not isinstance(self.bins, int)
+            or not 2 <= self.bins <= 256
+        ):
+            raise ValueError(f"bins must be an integer in [2, 256], got {self.bins!r}")
+
+    @property
+    def T(self) -> int:
+        return len(self.alpha_bar) - 1
+
+    @property
+    def log_snr(self) -> torch.Tensor:
+        return log_snr_grid(torch.tensor(self.alpha_bar, dtype=torch.float64))
+
+    def coefs(self, t: int) -> tuple[float, float, float]:
+        """(c_0, c_t, σ̃_t) of q(x_{t-1} | x_t, x_0), t = 2..T."""
+        c0, ct, var = posterior_coefs(self.alpha_bar[t], self.alpha_bar[t - 1])
+        return c0.item(), ct.item(), math.sqrt(var.item())
+
+    def lattice(self, i: int) -> Lattice:
+        """The lattice of the coded latent x_i: std σ̃_{i+1} and reach c_0 for i < T; for i = T
+        std √(1 − ᾱ_T) and reach √ᾱ_T (reference 0)."""
+        if i == self.T:
+            return self.grid.lattice(
+                math.sqrt(1 - self.alpha_bar[-1]), math.sqrt(self.alpha_bar[-1])
+            )
+        c0, _, std = self.coefs(i + 1)
+        return self.grid.lattice(std, c0)
+
+    def std(self, i: int) -> float:
+        """Standard deviation of q's x_i: σ̃_{i+1} for i < T, √(1 − ᾱ_T) for i = T."""
+        return math.sqrt(1 - self.alpha_bar[-1]) if i == self.T else self.coefs(i + 1)[2]
+
+    def leak_bound(self) -> float:
+        """The largest leak bound over the T latent lattices."""
+        return max(self.lattice(i).leak_bound() for i in range(1, self.T + 1))
+
+
+class _Coder:
+    """An ANS stack with a per-operation ledger of valid bits pushed (+) or popped (−)."""
+
+    def __init__(self, words: np.ndarray, code: ChainCode, *, seal: bool):
+        self.ans = constriction.stream.stack.AnsCoder(np.asarray(words, np.uint32), seal=seal)
+        self.code = code
+        self.models: dict[int, object] = {}
+        self.categorical = constriction.stream.model.Categorical(perfect=False)
+
+    def _bits(self) -> int:
+        return self.ans.num_valid_bits()
+
+    def _model(self, lat: Lattice):
+        W = lat.half_width
+        if W not in self.models:
+            self.models[W] = constriction.stream.model.QuantizedGaussian(-W, W)
+        return self.models[W]
+
+    def pop_gauss(self, lat: Lattice, ref, mean, std: float) -> tuple[np.ndarray, int]:
+        """Pop n ~ N(mean, std²) on ``lat`` around ``ref``; returns (lattice points, bits)."""
+        anchor = lat.anchor(ref).ravel()
+        frac = lat.units(mean).ravel() - anchor
+        before = self._bits()
+        off = self.ans.decode(self._model(lat), frac, np.full(frac.shape, std / lat.step))
+        return (anchor + off).reshape(np.shape(mean)), self._bits() - before
+
+    def push_gauss(self, lat: Lattice, n: np.ndarray, ref, mean, std: float) -> int:
+        """Push lattice points ``n`` under N(mean, std²); returns bits added."""
+        anchor = lat.anchor(ref).ravel()
+        off = n.ravel() - anchor
+        if np.abs(off).max(initial=0) > lat.half_width:
+            raise ValueError(
+                "a latent lies outside its coded window (it was not made by this code)"
+            )
+        frac = lat.units(mean).ravel() - anchor
+        before = self._bits()
+        self.ans.encode_reverse(
+            off.astype(np.int32), self._model(lat), frac, np.full(frac.shape, std / lat.step)
+        )
+        return self._bits() - before
+
+    def push_pixels(self, k: np.ndarray, probs: np.ndarray) -> int:
+        before = self._bits()
+        self.ans.encode_reverse(k.ravel().astype(np.int32), self.categorical, probs)
+        return self._bits() - before
+
+    def pop_pixels(self, probs: np.ndarray) -> tuple[np.ndarray, int]:
+        before = self._bits()
+        k = self.ans.decode(self.categorical, probs)
+        return k, self._bits() - before
+
+
+def pixel_probabilities(x0_hat: torch.Tensor, log_scale: float, bins: int) -> np.ndarray:
+    """Per-pixel probabilities ``(n_pixels, bins)`` of the discretized decoder N(x̂_0, e^{2 log_scale})
+    (:func:`~diffusion_lessons.gaussians.discretized_gaussian_log_prob`), float64."""
+    mean = x0_hat.reshape(-1, 1).double()
+    levels = torch.linspace(-1.0, 1.0, bins, dtype=torch.float64)
+    n = mean.shape[0]
+    x = levels.expand(n, bins).reshape(-1, 1)
+    m = mean.expand(n, bins).reshape(-1, 1)
+    lp = discretized_gaussian_log_prob(x, m, torch.full_like(m, log_scale), bins=bins)
+    return lp.reshape(n, bins).exp().numpy()
+
+
+class _Chain:
+    """Shared pieces of encoding and decoding one batch x_0: (b, ...) through the chain."""
+
+    def __init__(self, denoiser, code: ChainCode):
+        self.denoiser, self.code = denoiser, code
+        self.lam = code.log_snr
+        self.lat = {i: code.lattice(i) for i in range(1, code.T + 1)}
+        self.log_scale = 0.5 * torch.nn.functional.logsigmoid(-self.lam[1]).item()
+
+    def x0_hat(self, n: np.ndarray, t: int) -> torch.Tensor:
+        """x̂_0(x_t, λ_t), clipped to the data range [−1, 1] and rounded to :data:`X0_GRID`."""
+        x = torch.from_numpy(self.lat[t].value(n)).double()
+        lam = torch.full((x.shape[0],), self.lam[t].item(), dtype=torch.float64)
+        out = self.denoiser(x, lam).double()
+        if out.shape != x.shape:
+            raise ValueError(f"the denoiser returned {tuple(out.shape)}, expected {tuple(x.shape)}")
+        return torch.round(out.clamp(-1.0, 1.0) / X0_GRID) * X0_GRID
+
+    def step(self, n_t: np.ndarray, x0, t: int):
+        """(reference c_t x_t, mean c_0 x0 + c_t x_t, σ̃_t) of the Gaussian over x_{t-1}."""
+        c0, ct, std = self.code.coefs(t)
+        ref = ct * self.lat[t].value(n_t)
+        return ref, c0 * np.asarray(x0) + ref, std
+
+    def top(self, x0: np.ndarray):
+        """(reference 0, mean √ᾱ_T x_0, std) of q(x_T | x_0)."""
+        return (
+            np.zeros_like(x0),
+            math.sqrt(self.code.alpha_bar[-1]) * x0,
+            self.code.std(self.code.T),
+        )
+
+    def decoder_probs(self, x0_hat: torch.Tensor) -> np.ndarray:
+        return pixel_probabilities(x0_hat, self.log_scale, self.code.bins)
+
+
+def _to_x0(k: np.ndarray, bins: int) -> np.ndarray:
+    return 2.0 * k.astype(np.float64) / (bins - 1) - 1.0
+
+
+def _encode_batch(coder: _Coder, ch: _Chain, k: np.ndarray, ledger: list) -> None:
+    code, T, lat = ch.code, ch.code.T, ch.lat
+    x0 = _to_x0(k, code.bins)
+    x0t = torch.from_numpy(x0)
+    n, popped = {}, {}
+    n[T], popped[T] = coder.pop_gauss(lat[T], *ch.top(x0))
+    for t in range(T, 1, -1):
+        n[t - 1], popped[t - 1] = coder.pop_gauss(lat[t - 1], *ch.step(n[t], x0, t))
+    x0_hat = ch.x0_hat(n[1], 1)
+    pushed = coder.push_pixels(k, ch.decoder_probs(x0_hat))
+    bound = nelbo.discretized_reconstruction_nll(x0t, x0_hat, ch.log_scale, code.bins).sum()
+    ledger.append({"step": 1, "popped": 0, "pushed": pushed, "bound": bound.item() / LN2})
+    for t in range(2, T + 1):
+        x0_hat = ch.x0_hat(n[t], t)
+        ref, mean, std = ch.step(n[t], x0_hat.numpy(), t)
+        pushed = coder.push_gauss(lat[t - 1], n[t - 1], ref, mean, std)
+        kl = nelbo.denoising_kl(x0t, x0_hat, ch.lam[t - 1], ch.lam[t]).sum().item()
+        ledger.append({"step": t, "popped": -popped[t - 1], "pushed": pushed, "bound": kl / LN2})
+    zero = np.zeros_like(x0)
+    pushed = coder.push_gauss(lat[T], n[T], zero, zero, 1.0)
+    kl = nelbo.prior_kl(x0t, ch.lam[T]).sum().item()
+    ledger.append({"step": T + 1, "popped": -popped[T], "pushed": pushed, "bound": kl / LN2})
+
+
+def _decode_batch(coder: _Coder, ch: _Chain, shape: tuple[int, ...]) -> np.ndarray:
+    code, T, lat = ch.code, ch.code.T, ch.lat
+    zero = np.zeros(shape)
+    n = {}
+    n[T], _ = coder.pop_gauss(lat[T], zero, zero, 1.0)
+    for t in range(T, 1, -1):
+        n[t - 1], _ = coder.pop_gauss(lat[t - 1], *ch.step(n[t], ch.x0_hat(n[t], t).numpy(), t))
+    k, _ = coder.pop_pixels(ch.decoder_probs(ch.x0_hat(n[1], 1)))
+    k = np.asarray(k).reshape(shape).astype(np.int64)
+    x0 = _to_x0(k, code.bins)
+    for t in range(2, T + 1):
+        coder.push_gauss(lat[t - 1], n[t - 1], *ch.step(n[t], x0, t))
+    coder.push_gauss(lat[T], n[T], *ch.top(x0))
+    return k
+
+
+def initial_words(count: int, seed: int) -> np.ndarray:
+    """The "clean" initial bits: ``count`` pseudo-random 32-bit words from ``seed``."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return np.random.default_rng(seed).integers(0, 2**32, count, dtype=np.uint32)
+
+
+def _batches(n: int, batch: int) -> list[slice]:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    return [slice(i, min(i + batch, n)) for i in range(0, n, batch)]
+
+
+def check_images(images, bins: int = 256) -> np.ndarray:
+    """Validate images: a uint8 array ``(N, ...)`` with values < ``bins``; returns int64."""
+    arr = np.asarray(images) if not isinstance(images, torch.Tensor) else images.numpy()
+    if arr.dtype != np.uint8:
+        raise TypeError(f"images must be 8-bit (dtype uint8), got dtype {arr.dtype}")
+    if arr.ndim < 2 or arr.shape[0] < 1:
+        raise ValueError(f"images must have shape (N, ...) with N >= 1, got {arr.shape}")
+    if arr.max() >= bins:
+        raise ValueError(f"images must have values in [0, {bins - 1}], got up to {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def encode(denoiser, images, code: ChainCode, *, batch: int = 16, init: np.ndarray):
+    """Bits-back encode ``images`` (uint8 ``(N, ...)``) on top of the initial words ``init``.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``D(x_t, log_snr) -> x̂_0`` evaluated in float64 (e.g. a ``model.double()`` wrapper).
+    images : array of uint8, shape (N, ...)
+    code : ChainCode
+    batch : int
+        Images coded jointly per model call; the decoder must use the same value.
+    init : array of uint32
+        The initial bits (:func:`initial_words`).
+
+    Returns
+    -------
+    words : numpy.ndarray of uint32
+        The compressed stack (sealed).
+    ledger : list of dict
+        One row per batch and step: ``batch``, ``step`` (1 = pixels, T + 1 = prior), bits
+        ``popped`` and ``pushed``, and ``bound`` (that step's term of the negative ELBO, bits).
+    """
+    k = check_images(images, code.bins)
+    coder, ch, ledger = _Coder(init, code, seal=True), _Chain(denoiser, code), []
+    with deterministic():
+        for j, sl in enumerate(_batches(len(k), batch)):
+            rows = []
+            _encode_batch(coder, ch, k[sl], rows)
+            ledger += [{"batch": j, **r} for r in rows]
+    return coder.ans.get_compressed(), ledger
+
+
+def decode(denoiser, words: np.ndarray, code: ChainCode, shape, *, batch: int = 16):
+    """Invert :func:`encode`: returns ``(images uint8 (N, ...), initial words recovered)``."""
+    shape = tuple(int(s) for s in shape)
+    coder, ch = _Coder(words, code, seal=False), _Chain(denoiser, code)
+    parts = []
+    with deterministic():
+        for sl in reversed(_batches(shape[0], batch)):
+            parts.append(_decode_batch(coder, ch, (sl.stop - sl.start, *shape[1:])))
+    images = np.concatenate(parts[::-1]).astype(np.uint8)
+    try:
+        init = coder.ans.get_compressed(unseal=True)
+    except (AssertionError, RuntimeError) as err:
+        raise ValueError(f"decoding did not end in the sealed initial bits ({err})") from None
+    return images, init
+
+
+def net_bits(words: np.ndarray, init: np.ndarray) -> int:
+    """Bits the images added to the stack: 32 · (len(words) − len(init))."""
+    return 32 * (len(words) - len(init))
