@@ -1,12 +1,18 @@
 """Command line: train a U-Net on images and measure its bits/dim.
 
-    python -m diffusion_lessons.cli train --config mnist --steps 20000 --batch-size 128 --out runs/mnist
-    python -m diffusion_lessons.cli train --config mnist --steps 40000 --out runs/mnist --resume
+    diffusion-lessons train --config mnist --steps 20000 --batch-size 128 --out runs/mnist
+    diffusion-lessons train --config mnist --steps 40000 --out runs/mnist --resume
     torchrun --nproc_per_node 8 -m diffusion_lessons.cli train --config mnist --out runs/mnist
-    python -m diffusion_lessons.cli eval --checkpoint runs/mnist/checkpoint.safetensors
+    diffusion-lessons eval --checkpoint runs/mnist/checkpoint.safetensors
 
-Configurations are the named presets of :data:`diffusion_lessons.training.config.PRESETS`; the flags
-override single fields. Nothing is read from configuration files.
+(``python -m diffusion_lessons.cli`` is the same program.) Configurations are the named presets of
+:data:`diffusion_lessons.training.config.PRESETS`; the flags override single fields. Nothing is
+read from configuration files.
+
+A user's mistake (a run folder that already holds a checkpoint, a missing or truncated file, a
+flag out of range) ends the program with one line on stderr, ``diffusion-lessons: error: …``, and
+exit status 2; any other exception is a bug and keeps its traceback (``--traceback`` shows it for
+the mistakes too).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -27,17 +34,69 @@ from diffusion_lessons.noise.schedules import get_schedule
 from diffusion_lessons.objectives import continuous_time, discrete_time
 from diffusion_lessons.training import checkpoints, config, engine
 
-OVERRIDES = {"steps": int, "batch_size": int, "lr": float, "seed": int, "max_examples": int}
+PROG = "diffusion-lessons"
+"""The program's name, as ``--help`` and the error line show it (the console script's name)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m diffusion_lessons.cli``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m diffusion_lessons.cli",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--steps``, ``--batch-size``, ``--T``, ``--n``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (``--seed``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``--lr``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+OVERRIDES = {
+    "steps": positive_int,
+    "batch_size": positive_int,
+    "lr": positive_float,
+    "seed": non_negative_int,
+    "max_examples": positive_int,
+}
+"""The preset fields ``train`` may override, with the argparse type that checks each."""
+
+# Modules that register more subcommands: each has ``add_parsers(subparsers)``, whose parsers
+# call ``set_defaults(func=...)`` like the ones below. >>> The lead wires new ones here. <<<
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "diffusion_lessons.training.pretrained",  # export
+    "diffusion_lessons.coding.commands",  # compress, decompress
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are the program's one line and exit status 2."""
+
+    def error(self, message: str):
+        hint = f" (see '{self.prog} --help')"
+        self.exit(2, f"{PROG}: error: {message}{hint}\n")
+
+
+def _add_train(sub) -> None:
     tr = sub.add_parser("train", help="train (or resume training) a U-Net")
     tr.add_argument("--config", required=True, choices=sorted(config.PRESETS))
     for name, kind in OVERRIDES.items():
@@ -53,14 +112,37 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA, else cpu")
     tr.add_argument("--no-progress", action="store_true")
     tr.add_argument("--data-root", default=None, help="folder holding mnist.npz")
+    tr.set_defaults(func=train)
+
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="negative ELBO of the test set in bits/dim (EMA weights)")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--method", choices=("vdm", "ddpm"), default="vdm")
-    ev.add_argument("--T", type=int, default=1000, help="steps for --method ddpm")
-    ev.add_argument("--n", type=int, default=None, help="number of test images (default all)")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--T", type=positive_int, default=1000, help="steps for --method ddpm")
+    ev.add_argument("--n", type=positive_int, default=None, help="test images (default all)")
+    ev.add_argument("--batch-size", type=positive_int, default=256)
     ev.add_argument("--device", default=None)
     ev.add_argument("--data-root", default=None)
+    ev.set_defaults(func=evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``diffusion-lessons``: ``train``, ``eval`` and the subcommands of
+    :data:`SUBCOMMAND_MODULES`; each subcommand's ``func`` is what :func:`main` runs."""
+    parser = Parser(
+        prog=PROG,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of any error"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub)
     return parser
 
 
@@ -124,10 +206,31 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a user's mistake: the library's ``ValueError`` (a bad argument or
+    file, e.g. an existing run folder without ``--resume``, a truncated checkpoint), ``OSError``
+    (a missing file, a folder that cannot be written) and the data sets' and shipped checkpoints'
+    own errors, which say what to do."""
+    from diffusion_lessons.training.pretrained import CheckpointError
+
+    return (ValueError, OSError, datasets.DatasetError, CheckpointError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return train(args) if args.command == "train" else evaluate(args)
+    """Entry point: run the subcommand; returns its exit status.
+
+    A user's mistake (:func:`user_errors`) exits with status 2 and one line on stderr,
+    ``diffusion-lessons: error: <message>``; any other exception propagates (a bug).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except user_errors() as err:
+        if args.traceback:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        parser.exit(2, f"{PROG}: error: {message}\n")
 
 
 if __name__ == "__main__":

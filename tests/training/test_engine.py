@@ -319,8 +319,20 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
         cli.main(["train", "--config", "tiny", "--steps", "2", "--out", out, "--no-progress"]) == 0
     )
     assert "step 2" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="exists"):
-        cli.main(["train", "--config", "tiny", "--steps", "4", "--out", out, "--no-progress"])
+    with pytest.raises(ValueError, match="exists"):  # --traceback: the error itself, not one line
+        cli.main(
+            [
+                "--traceback",
+                "train",
+                "--config",
+                "tiny",
+                "--steps",
+                "4",
+                "--out",
+                out,
+                "--no-progress",
+            ]
+        )
     cli.main(
         ["train", "--config", "tiny", "--steps", "4", "--out", out, "--resume", "--no-progress"]
     )
@@ -357,7 +369,7 @@ def test_cli_eval_checks_the_ema_weights(tmp_path):
         metadata={"architecture": "UNet"},
     )
     with pytest.raises(ValueError, match=r"another architecture \(UNet\).*shape mismatches"):
-        cli.main(["eval", "--checkpoint", str(path), "--n", "4"])
+        cli.main(["--traceback", "eval", "--checkpoint", str(path), "--n", "4"])
 
 
 def test_benchmark_script_runs_at_tiny_size(capsys, monkeypatch):
