@@ -80,12 +80,12 @@ OVERRIDES = {
 }
 """The preset fields ``train`` may override, with the argparse type that checks each."""
 
-# Modules that register more subcommands: each has ``add_parsers(subparsers)``, whose parsers
-# call ``set_defaults(func=...)`` like the ones below. >>> The lead wires new ones here. <<<
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "diffusion_lessons.training.pretrained",  # export
     "diffusion_lessons.coding.commands",  # compress, decompress
 )
+"""Modules that register more subcommands: each has ``add_parsers(subparsers)``, whose parsers
+call ``set_defaults(func=...)`` like ``train`` and ``eval``."""
 
 
 class Parser(argparse.ArgumentParser):

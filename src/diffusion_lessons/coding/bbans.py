@@ -287,7 +287,9 @@ def encode(denoiser, images, code: ChainCode, *, batch: int = 16, init: np.ndarr
     denoiser : callable
         ``D(x_t, log_snr) -> x̂_0`` evaluated in float64 (e.g. a ``model.double()`` wrapper).
     images : array of uint8, shape (N, ...)
+        The images, each pixel in 0..bins−1.
     code : ChainCode
+        The chain: time grid, latent grid and pixel levels.
     batch : int
         Images coded jointly per model call; the decoder must use the same value.
     init : array of uint32

@@ -64,7 +64,9 @@ def compress(
     denoiser : callable
         ``D(x_t, log_snr) -> x̂_0`` in float64.
     images : array of uint8
+        The images ``(N, ...)``, each pixel in 0..bins−1.
     code : ChainCode
+        The chain: time grid, latent grid and pixel levels.
     model_sha256 : str
         :func:`model_sha256` of the model behind ``denoiser``; the decoder must match it.
     batch : int

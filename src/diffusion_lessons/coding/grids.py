@@ -2,7 +2,7 @@
 
 A coded latent lives on a lattice δ·n, n ∈ ℤ. At step t both the posterior q(x_{t-1} | x_t, x_0)
 and the model p_θ(x_{t-1} | x_t) are Gaussians of one standard deviation σ̃_t whose means differ from
-the reference c_t x_t (known to encoder and decoder) by c_0 x_0 resp. c_0 x̂_0, with |x_0|, |x̂_0| ≤ 1.
+the reference c_t x_t (known to encoder and decoder) by c_0 x_0 resp. c_0 x̂_0, with ``|x_0|, |x̂_0| ≤ 1``.
 So every value either side can meet lies within ``span`` = c_0 + ``window`` σ̃_t of the reference,
 and the symbol is the offset n − round(ref/δ) in [−W, W]. The step is δ = σ̃_t / 2^precision, made
 coarser where needed so that W ≤ :data:`MAX_HALF_WIDTH`: the coder gives every symbol of the
