@@ -38,26 +38,26 @@ PROG = "diffusion-lessons"
 """The program's name, as ``--help`` and the error line show it (the console script's name)."""
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--steps``, ``--batch-size``, ``--T``, ``--n``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1 or str(value) != text.strip().lstrip("+"):
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low``, written plainly (no "1.0", no "1e3")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or str(value) != text.strip().lstrip("+"):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (``--seed``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0 or str(value) != text.strip().lstrip("+"):
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+positive_int = _int_at_least(1, "a positive integer")
+"""argparse type: an integer >= 1 (``--steps``, ``--batch-size``, ``--T``, ``--n``)."""
+
+non_negative_int = _int_at_least(0, "an integer >= 0")
+"""argparse type: an integer >= 0 (``--seed``)."""
 
 
 def positive_float(text: str) -> float:

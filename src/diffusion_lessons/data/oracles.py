@@ -54,8 +54,11 @@ def mixture_denoiser(mixture: GaussianMixture) -> Denoiser:
             raise ValueError(
                 f"log_snr must have shape (B,) = ({xt.shape[0]},), got {tuple(lam.shape)}"
             )
-        out = torch.empty(xt.shape, dtype=torch.float64, device=xt.device)
         levels, which = torch.unique(lam, return_inverse=True)
+        if len(levels) == 1:  # one level for the whole batch (every sampler step)
+            ab = torch.sigmoid(levels[0].cpu()).item()
+            return mixture_posterior_mean(mixture, xt, ab).to(xt.device, xt.dtype)
+        out = torch.empty(xt.shape, dtype=torch.float64, device=xt.device)
         for k, level in enumerate(levels.tolist()):
             rows = which == k
             ab = torch.sigmoid(torch.tensor(level, dtype=torch.float64)).item()
@@ -134,7 +137,7 @@ def mixture_posterior_mean(mixture: GaussianMixture, xt: Tensor, alpha_bar: floa
     xt = xt.to(torch.float64)
     noised = mixture.noised(a)
     resp = noised.responsibilities(xt)  # (N, K)
-    gain = a**0.5 * mixture.covs @ torch.linalg.inv(noised.covs)  # (K, D, D)
+    gain = a**0.5 * mixture.covs @ noised.precisions  # (K, D, D)
     diff = xt[:, None, :] - a**0.5 * mixture.means[None]  # (N, K, D)
     per_component = mixture.means[None] + torch.einsum("kij,nkj->nki", gain, diff)
-    return (resp[..., None] * per_component).sum(1)
+    return torch.einsum("nk,nkd->nd", resp, per_component)

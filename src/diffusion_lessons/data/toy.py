@@ -52,6 +52,21 @@ class GaussianMixture:
         object.__setattr__(self, "weights", w)
         object.__setattr__(self, "means", m)
         object.__setattr__(self, "covs", c)
+        # Factorizations used by every density and score call, computed once: L_k with
+        # Σ_k = L_k L_kᵀ, L_k⁻¹, Σ_k⁻¹ and log det Σ_k.
+        chol = torch.linalg.cholesky(c)
+        eye = torch.eye(D, dtype=torch.float64).expand(K, D, D)
+        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+        object.__setattr__(self, "_chol", chol)
+        object.__setattr__(self, "_chol_inv", chol_inv)
+        object.__setattr__(self, "_precision", chol_inv.transpose(1, 2) @ chol_inv)
+        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        object.__setattr__(self, "_log_det", log_det)
+
+    @property
+    def precisions(self) -> Tensor:
+        """Σ_k⁻¹ for each component: ``(K, D, D)``, float64 (computed once, from Cholesky)."""
+        return self._precision
 
     @property
     def dim(self) -> int:
@@ -62,18 +77,17 @@ class GaussianMixture:
         check_positive_int(n, name="n")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        chol = torch.linalg.cholesky(self.covs)  # (K, D, D)
-        return self.means[k] + torch.einsum("nij,nj->ni", chol[k], z)
+        return self.means[k] + torch.einsum("nij,nj->ni", self._chol[k], z)
 
     def component_log_probs(self, x: Tensor) -> Tensor:
         """log w_k + log N(x; μ_k, Σ_k) for each point and component: ``(N, K)``."""
         x = self._check_points(x)
         diff = x[:, None, :] - self.means[None]  # (N, K, D)
-        chol = torch.linalg.cholesky(self.covs)  # (K, D, D)
-        sol = torch.linalg.solve_triangular(chol[None], diff[..., None], upper=False)[..., 0]
-        maha = (sol**2).sum(-1)  # (N, K)
-        log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
-        return torch.log(self.weights) - 0.5 * (maha + log_det + self.dim * math.log(2 * math.pi))
+        sol = torch.einsum("kij,nkj->nki", self._chol_inv, diff)  # L_k⁻¹ (x − μ_k)
+        maha = torch.einsum("nkd,nkd->nk", sol, sol)  # (N, K)
+        return torch.log(self.weights) - 0.5 * (
+            maha + self._log_det + self.dim * math.log(2 * math.pi)
+        )
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) for ``x: (N, D)``: shape ``(N,)``."""
@@ -88,8 +102,8 @@ class GaussianMixture:
         x = self._check_points(x)
         r = self.responsibilities(x)  # (N, K)
         diff = self.means[None] - x[:, None, :]  # (N, K, D)
-        pulls = torch.linalg.solve(self.covs[None], diff[..., None])[..., 0]  # (N, K, D)
-        return (r[..., None] * pulls).sum(1)
+        pulls = torch.einsum("kij,nkj->nki", self._precision, diff)  # Σ_k⁻¹ (μ_k − x)
+        return torch.einsum("nk,nkd->nd", r, pulls)
 
     def noised(self, alpha_bar: float) -> GaussianMixture:
         """The law of x_t = √ᾱ x_0 + √(1 − ᾱ) ε when x_0 follows this mixture.

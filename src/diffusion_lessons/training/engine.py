@@ -5,8 +5,10 @@ the loss that ``TrainConfig.objective`` names
 (:data:`~diffusion_lessons.training.config.OBJECTIVES`: DDPM's L_simple or VDM's continuous-time
 L_∞, both the library's losses of the denoiser ``denoiser.FromEps(unet)``, per dimension).
 
-On CUDA the engine uses bf16 autocast, channels_last, fused AdamW and ``torch.compile`` (eager,
-with one warning, where compilation fails); on a CPU it runs plain fp32 eager. The whole dataset
+On CUDA the engine uses bf16 autocast (fp16 with a gradient scaler on a GPU without bf16, such
+as Colab's T4: :func:`~diffusion_lessons.training.optimization.amp_dtype`), channels_last, fused
+AdamW and ``torch.compile`` (eager, with one warning, where compilation fails); on a CPU it runs
+plain fp32 eager. The whole dataset
 lives on the device; every random draw of step ``s`` comes from a generator seeded by
 ``(seed, s)``, so a resumed run continues on exactly the same loss curve. Under ``torchrun``
 (WORLD_SIZE > 1) each process takes its share of every global batch and DistributedDataParallel
@@ -18,7 +20,7 @@ The parts live in four modules, each read in one sitting:
 - :mod:`~diffusion_lessons.training.config`: the run (``TrainConfig``, ``PRESETS``), its loss
   (``OBJECTIVES``, ``as_denoiser``), its data;
 - :mod:`~diffusion_lessons.training.optimization`: one step (``lr_at``, ``ema_update``,
-  ``make_optimizer``, ``autocast``, ``make_loss_fn``, ``compile_or_eager``, ``TrainState``,
+  ``make_optimizer``, ``amp_dtype``, ``autocast``, ``make_scaler``, ``make_loss_fn``, ``compile_or_eager``, ``TrainState``,
   ``build_state``, ``train_step``, what ``benchmarks/bench_train.py`` times) and the state's
   checkpoint (``save_state``, ``restore_state``);
 - :mod:`~diffusion_lessons.training.distributed`: the device, the processes, out of memory;

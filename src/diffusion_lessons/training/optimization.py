@@ -1,5 +1,5 @@
 """One training step of the image trainer, as named parts: the learning rate (:func:`lr_at`), the
-EMA update, AdamW, autocast, the loss function, compile-or-eager, and :func:`train_step` (what
+EMA update, AdamW, autocast and its gradient scaler, the loss function, compile-or-eager, and :func:`train_step` (what
 ``benchmarks/bench_train.py`` times) on a :class:`TrainState`."""
 
 from __future__ import annotations
@@ -51,11 +51,35 @@ def make_optimizer(
     )
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype the forward pass autocasts to on ``device``: None (fp32) off CUDA.
+
+    On CUDA, bf16 where the GPU has it (``torch.cuda.is_bf16_supported()``: Ampere and newer,
+    the H100), else fp16 (Colab's T4, a Turing GPU), whose narrow exponent needs the gradient
+    scaler of :func:`make_scaler`.
+    """
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast to :func:`amp_dtype` on CUDA (bf16, or fp16 without bf16), nothing elsewhere."""
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """The gradient scaler of a step: enabled only when the pass autocasts to fp16.
+
+    fp16 gradients below about 6e-8 flush to zero, so the loss is multiplied by a large factor
+    before ``backward`` and the gradients divided by it before the optimizer steps (a step whose
+    gradients overflowed is skipped and the factor halved). bf16 and fp32 have fp32's exponent
+    range and need no scaling: the scaler is then disabled and passes everything through.
+    """
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
@@ -101,16 +125,25 @@ def compile_or_eager(net: nn.Module, enabled: bool) -> Network:
 
 
 def backward_compiled_or_eager(
-    net: Network, loss_fn: LossFn, batch: tuple[Tensor, Tensor, Tensor], opt: torch.optim.Optimizer
+    net: Network,
+    loss_fn: LossFn,
+    batch: tuple[Tensor, Tensor, Tensor],
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Tensor:
     """``loss = loss_fn(net.forward, *batch)`` and ``loss.backward()``; returns ``loss``.
 
-    If the compiled pass fails with anything but running out of memory, warn once, zero the
-    gradients and redo the pass eagerly; the rest of the run stays eager.
+    With an enabled ``scaler`` the backward pass runs on ``scaler.scale(loss)`` (the returned
+    loss is unscaled). If the compiled pass fails with anything but running out of memory, warn
+    once, zero the gradients and redo the pass eagerly; the rest of the run stays eager.
     """
+
+    def backward(loss: Tensor) -> None:
+        (loss if scaler is None else scaler.scale(loss)).backward()
+
     try:
         loss = loss_fn(net.forward, *batch)
-        loss.backward()
+        backward(loss)
         return loss
     except torch.OutOfMemoryError:
         raise
@@ -123,14 +156,15 @@ def backward_compiled_or_eager(
     net.compiled = None
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(net.forward, *batch)
-    loss.backward()
+    backward(loss)
     return loss
 
 
 @dataclass
 class TrainState:
     """What the steps change: the weights, their EMA, AdamW, the forward pass, the number of
-    steps done and the loss of each (what a checkpoint holds, but for ``net``)."""
+    steps done and the loss of each (what a checkpoint holds, but for ``net`` and ``scaler``),
+    and the gradient scaler (:func:`make_scaler`; disabled unless the pass runs in fp16)."""
 
     model: nn.Module
     ema: nn.Module
@@ -138,6 +172,9 @@ class TrainState:
     net: Network
     step: int = 0
     losses: list[float] = field(default_factory=list)
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
+    )
 
 
 def build_state(
@@ -163,7 +200,7 @@ def build_state(
         step, losses = restore_state(resume_from, cfg, model, ema, opt)
     use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
     net = compile_or_eager(distribute(model, device, world), use_compile)
-    return TrainState(model, ema, opt, net, step, losses)
+    return TrainState(model, ema, opt, net, step, losses, make_scaler(device))
 
 
 def train_step(
@@ -172,17 +209,21 @@ def train_step(
     """Step ``state.step`` on ``batch = (x0, t, eps)``; returns its loss (detached).
 
     Sets the learning rate (:func:`lr_at`), computes the loss and its gradient
-    (:func:`backward_compiled_or_eager`), clips the gradient's global norm to ``cfg.grad_clip``,
-    steps the optimizer, updates the EMA with ``cfg.ema_decay`` and counts the step. :func:`~diffusion_lessons.training.engine.train`
-    runs it for every step, after the step's dropout seed and batch; the benchmark times it.
+    (:func:`backward_compiled_or_eager`, through ``state.scaler`` under fp16), clips the
+    gradient's global norm to ``cfg.grad_clip`` (after unscaling), steps the optimizer (skipped
+    by the scaler when an fp16 gradient overflowed), updates the EMA with ``cfg.ema_decay`` and
+    counts the step. :func:`~diffusion_lessons.training.engine.train` runs it for every step,
+    after the step's dropout seed and batch; the benchmark times it.
     """
     for group in state.opt.param_groups:
         group["lr"] = lr_at(state.step, cfg)
     state.opt.zero_grad(set_to_none=True)
-    loss = backward_compiled_or_eager(state.net, loss_fn, batch, state.opt)
+    loss = backward_compiled_or_eager(state.net, loss_fn, batch, state.opt, state.scaler)
+    state.scaler.unscale_(state.opt)  # a no-op unless the scaler is enabled
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(list(state.model.parameters()), cfg.grad_clip)
-    state.opt.step()
+    state.scaler.step(state.opt)
+    state.scaler.update()
     ema_update(state.ema, state.model, cfg.ema_decay)
     state.step += 1
     return loss.detach()
