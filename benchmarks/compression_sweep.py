@@ -2,20 +2,25 @@
 
 Run once (CPU, one thread is enough for a few images):
 
-    python benchmarks/compression_sweep.py --model mnist --n 8 --steps 10 20 50 100 \
-        --out benchmarks/results/compression_sweep.json
+    python benchmarks/compression_sweep.py --model mnist --n 8 --steps 10 20 50 100 200 \
+        --out src/diffusion_lessons/coding/measured/compression_sweep.json
 
 ``--model`` is a shipped checkpoint's name or a weights file (as for ``diffusion-lessons compress``).
 
 The JSON stores the command, per T: file bits/dim, net bits/dim (file minus initial bits), the
-initial-bits overhead, the ledger's bound (Σ KL terms at the coded chain), seconds per image, and
-the baselines gzip, bz2, lzma and PNG (WebP lossless if Pillow has it) on the same images.
+initial-bits overhead, the ledger's bound (Σ KL terms at the coded chain), the negative ELBO of
+the same images at the same time grid for the coder's model (x̂_0 clipped to [−1, 1]; the
+library's ``nelbo_terms_exact_sum``, every step, ``--repeats`` Monte Carlo
+draws per image, with its standard error), seconds per image; the continuous-time bound of the
+same images (``vdm_terms``), the asymptote as T grows; and the baselines gzip, bz2, lzma and PNG
+(WebP lossless if Pillow has it) on the same images and on the whole test set.
 """
 
 from __future__ import annotations
 
 import argparse
 import bz2
+import functools
 import gzip
 import io
 import json
@@ -31,6 +36,9 @@ from diffusion_lessons.coding import bbans, container
 from diffusion_lessons.coding.commands import load_model
 from diffusion_lessons.coding.grids import LatentGrid
 from diffusion_lessons.data import datasets
+from diffusion_lessons.likelihood import evaluate_bits_per_dim
+from diffusion_lessons.objectives import continuous_time, discrete_time, nelbo
+from diffusion_lessons.objectives.discrete_time import log_snr_grid
 
 
 def baselines(imgs: np.ndarray) -> dict:
@@ -53,8 +61,23 @@ def baselines(imgs: np.ndarray) -> dict:
     return out
 
 
-def one(den, sha, sched, imgs, T: int, precision: int) -> dict:
-    code = bbans.ChainCode(tuple(sched.alpha_bar_grid(T).tolist()), LatentGrid(precision))
+def bound(terms_fn, imgs: np.ndarray, repeats: int) -> tuple[float, float]:
+    """(mean, standard error) of the negative ELBO of ``imgs`` in bits/dim, ``repeats`` draws each."""
+    x = torch.from_numpy(imgs).double() / 127.5 - 1
+    x = x.reshape(len(imgs), 1, *imgs.shape[-2:]).repeat(repeats, 1, 1, 1)
+    with torch.no_grad():
+        out = evaluate_bits_per_dim(terms_fn, x, batch_size=64, seed=0)
+    return out["total"], out["total_se"]
+
+
+def clipped(den):
+    """The coder's model: x̂_0 clipped to the data range [−1, 1] (:meth:`bbans._Chain.x0_hat`)."""
+    return lambda x, log_snr: den(x, log_snr).clamp(-1.0, 1.0)
+
+
+def one(den, sha, sched, imgs, T: int, precision: int, repeats: int) -> dict:
+    ab = sched.alpha_bar_grid(T)
+    code = bbans.ChainCode(tuple(ab.tolist()), LatentGrid(precision))
     t0 = time.perf_counter()
     data, ledger = container.compress(den, imgs, code, model_sha256=sha, batch=len(imgs))
     enc = time.perf_counter() - t0
@@ -63,6 +86,14 @@ def one(den, sha, sched, imgs, T: int, precision: int) -> dict:
     dec = time.perf_counter() - t0
     header, words = container.read_header(data)
     dims = imgs.size
+    decoder = functools.partial(nelbo.discretized_reconstruction_nll, bins=256)
+    nelbo_bpd, nelbo_se = bound(
+        lambda x, generator: discrete_time.nelbo_terms_exact_sum(
+            clipped(den), x, log_snr_grid(ab), decoder_nll=decoder, generator=generator
+        ),
+        imgs,
+        repeats,
+    )
     return {
         "T": T,
         "round_trip": bool(np.array_equal(back, imgs)),
@@ -70,6 +101,8 @@ def one(den, sha, sched, imgs, T: int, precision: int) -> dict:
         "net_bpd": 32 * (len(words) - header["initial_words"]) / dims,
         "initial_bpd": 32 * header["initial_words"] / dims,
         "bound_bpd": sum(r["bound"] for r in ledger) / dims,
+        "nelbo_bpd": nelbo_bpd,
+        "nelbo_se": nelbo_se,
         "encode_s_per_image": enc / len(imgs),
         "decode_s_per_image": dec / len(imgs),
         "leak_bound": code.leak_bound(),
@@ -83,23 +116,39 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
     ap.add_argument("--precision", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="draws of the chain per image")
+    ap.add_argument(
+        "--continuous-repeats", type=int, default=32, help="draws of t per image, continuous bound"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     den, sha, sched, _ = load_model(args.model)
     test = datasets.load_images("mnist", "test", root=args.data_root, limit=args.n)
     imgs = np.round((test.double().numpy() + 1) * 127.5).astype(np.uint8)
+    full = datasets.load_images("mnist", "test", root=args.data_root)
+    full_test = np.round((full.double().numpy() + 1) * 127.5).astype(np.uint8)
     rows = []
     for T in args.steps:
-        rows.append(one(den, sha, sched, imgs, T, args.precision))
+        rows.append(one(den, sha, sched, imgs, T, args.precision, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "command": " ".join(["python", *sys.argv]),
         "checkpoint_sha256": sha,
         "n_images": args.n,
         "precision": args.precision,
+        "repeats": args.repeats,
+        "continuous_repeats": args.continuous_repeats,
         "rows": rows,
+        "continuous_bound_bpd": bound(
+            lambda x, generator: continuous_time.vdm_terms(
+                clipped(den), x, schedule=sched, generator=generator
+            ),
+            imgs,
+            args.continuous_repeats,
+        ),
         "baselines_bpd": baselines(imgs),
+        "baselines_full_test_bpd": baselines(full_test),
     }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

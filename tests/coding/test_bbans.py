@@ -156,4 +156,23 @@ def test_lattice_values_and_anchor():
     assert np.array_equal(lat.value(np.array([-2, 0, 3])), [-0.5, 0.0, 0.75])
     assert np.array_equal(lat.anchor(np.array([0.3, -0.3, 0.126])), [1, -1, 1])
     g = LatentGrid(precision=3, window=8).lattice(0.5, 1.0)
-    assert g.step == pytest.approx(0.5 / 8) and g.half_width == math.ceil(5.0 / (0.5 / 8))
+    assert g.step == pytest.approx(0.5 / 8) and g.half_width == math.ceil(5.0 / (0.5 / 8)) + 2
+
+
+def test_draws_from_q_use_the_narrow_window():
+    """A draw is coded within `window` standard deviations of q's own mean, on the same lattice
+    step as the model's wide window: at a low-noise step the alphabet shrinks from the capped
+    1537 symbols to 2 (8 σ/δ + 1) + 1, and the leak bound by as much."""
+    grid = LatentGrid(precision=3, window=8)
+    std = 1e-3
+    wide = grid.lattice(std, 0.3)  # c_0 = 0.3 ≫ σ̃: the step is widened to fit the cap
+    narrow = wide.around_mean(std, grid.window)
+    assert wide.half_width == MAX_HALF_WIDTH and narrow.step == wide.step
+    assert narrow.half_width == math.ceil(8 * std / wide.step)
+    assert narrow.leak_bound() < wide.leak_bound() / 10
+    code = toy.code(50, precision=3)
+    narrow_leaks = [
+        code.lattice(i).around_mean(code.std(i), code.grid.window).leak_bound()
+        for i in range(1, code.T + 1)
+    ]
+    assert code.leak_bound() == max(narrow_leaks)

@@ -5,4 +5,5 @@
 - :mod:`~diffusion_lessons.coding.bbans`      the BB-ANS encoder/decoder of a diffusion chain
 - :mod:`~diffusion_lessons.coding.container`  the file format (versioned header, checksums)
 - :mod:`~diffusion_lessons.coding.commands`   the ``compress`` / ``decompress`` CLI subcommands
+- :mod:`~diffusion_lessons.coding.measured`   the stored MNIST sweep (file sizes vs T and bound)
 """

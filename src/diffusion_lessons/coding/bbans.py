@@ -8,7 +8,10 @@ The negative ELBO of chapter 4 is read as a file format. To encode x_0, in this 
 3. push x_1, …, x_{T-1} under p_θ(x_{t-1} | x_t),
 4. push x_T under the prior N(0, I).
 
-The decoder runs the same steps backwards. Latents live on :class:`~.grids.LatentGrid` lattices;
+The decoder runs the same steps backwards. Latents live on :class:`~.grids.LatentGrid` lattices:
+a draw from q is coded around q's own mean within ``window`` standard deviations (so that the
+coder's probability floor rarely lands a draw in the far tails), a push under p_θ around the
+reference c_t x_t in the wide window that any x̂_0 in [−1, 1] needs;
 p_θ(x_{t-1} | x_t) is the posterior with x̂_0 plugged in and the same variance (``eq-reverse-step``),
 so step t costs KL(q ‖ p_θ) = ``denoising_kl`` bits on average and the ledger sets them side by side.
 """
@@ -77,6 +80,12 @@ class ChainCode:
             or not 2 <= self.bins <= 256
         ):
             raise ValueError(f"bins must be an integer in [2, 256], got {self.bins!r}")
+        # q's coefficients of every step, computed once (each coded step reads them)
+        coefs = {}
+        for t in range(2, len(ab)):
+            c0, ct, var = posterior_coefs(ab[t], ab[t - 1])
+            coefs[t] = (c0.item(), ct.item(), math.sqrt(var.item()))
+        object.__setattr__(self, "_coefs", coefs)
 
     @property
     def T(self) -> int:
@@ -88,8 +97,9 @@ class ChainCode:
 
     def coefs(self, t: int) -> tuple[float, float, float]:
         """(c_0, c_t, σ̃_t) of q(x_{t-1} | x_t, x_0), t = 2..T."""
-        c0, ct, var = posterior_coefs(self.alpha_bar[t], self.alpha_bar[t - 1])
-        return c0.item(), ct.item(), math.sqrt(var.item())
+        if t not in self._coefs:
+            raise ValueError(f"t must be a step in 2..{self.T}, got {t!r}")
+        return self._coefs[t]
 
     def lattice(self, i: int) -> Lattice:
         """The lattice of the coded latent x_i: std σ̃_{i+1} and reach c_0 for i < T; for i = T
@@ -106,8 +116,12 @@ class ChainCode:
         return math.sqrt(1 - self.alpha_bar[-1]) if i == self.T else self.coefs(i + 1)[2]
 
     def leak_bound(self) -> float:
-        """The largest leak bound over the T latent lattices."""
-        return max(self.lattice(i).leak_bound() for i in range(1, self.T + 1))
+        """The largest leak bound over the T latents' draws from q (their narrow windows,
+        :meth:`~.grids.Lattice.around_mean`): the chance that one draw lands in the far tails."""
+        return max(
+            self.lattice(i).around_mean(self.std(i), self.grid.window).leak_bound()
+            for i in range(1, self.T + 1)
+        )
 
 
 class _Coder:
@@ -193,18 +207,26 @@ class _Chain:
         return torch.round(out.clamp(-1.0, 1.0) / X0_GRID) * X0_GRID
 
     def step(self, n_t: np.ndarray, x0, t: int):
-        """(reference c_t x_t, mean c_0 x0 + c_t x_t, σ̃_t) of the Gaussian over x_{t-1}."""
+        """(reference c_t x_t, mean c_0 x0 + c_t x_t, σ̃_t) of the Gaussian over x_{t-1}:
+        p_θ's with x0 = x̂_0, coded in the wide window around the reference."""
         c0, ct, std = self.code.coefs(t)
         ref = ct * self.lat[t].value(n_t)
         return ref, c0 * np.asarray(x0) + ref, std
 
+    def posterior(self, n_t: np.ndarray, x0: np.ndarray, t: int):
+        """(lattice, reference, mean, std) of q(x_{t-1} | x_t, x_0): coded around its own mean in
+        the narrow window (:meth:`~.grids.Lattice.around_mean`)."""
+        _, mean, std = self.step(n_t, x0, t)
+        return self.narrow(t - 1, std), mean, mean, std
+
     def top(self, x0: np.ndarray):
-        """(reference 0, mean √ᾱ_T x_0, std) of q(x_T | x_0)."""
-        return (
-            np.zeros_like(x0),
-            math.sqrt(self.code.alpha_bar[-1]) * x0,
-            self.code.std(self.code.T),
-        )
+        """(lattice, reference, mean, std) of q(x_T | x_0), coded like :meth:`posterior`."""
+        T = self.code.T
+        mean, std = math.sqrt(self.code.alpha_bar[-1]) * x0, self.code.std(T)
+        return self.narrow(T, std), mean, mean, std
+
+    def narrow(self, i: int, std: float) -> Lattice:
+        return self.lat[i].around_mean(std, self.code.grid.window)
 
     def decoder_probs(self, x0_hat: torch.Tensor) -> np.ndarray:
         return pixel_probabilities(x0_hat, self.log_scale, self.code.bins)
@@ -219,9 +241,9 @@ def _encode_batch(coder: _Coder, ch: _Chain, k: np.ndarray, ledger: list) -> Non
     x0 = _to_x0(k, code.bins)
     x0t = torch.from_numpy(x0)
     n, popped = {}, {}
-    n[T], popped[T] = coder.pop_gauss(lat[T], *ch.top(x0))
+    n[T], popped[T] = coder.pop_gauss(*ch.top(x0))
     for t in range(T, 1, -1):
-        n[t - 1], popped[t - 1] = coder.pop_gauss(lat[t - 1], *ch.step(n[t], x0, t))
+        n[t - 1], popped[t - 1] = coder.pop_gauss(*ch.posterior(n[t], x0, t))
     x0_hat = ch.x0_hat(n[1], 1)
     pushed = coder.push_pixels(k, ch.decoder_probs(x0_hat))
     bound = nelbo.discretized_reconstruction_nll(x0t, x0_hat, ch.log_scale, code.bins).sum()
@@ -249,8 +271,10 @@ def _decode_batch(coder: _Coder, ch: _Chain, shape: tuple[int, ...]) -> np.ndarr
     k = np.asarray(k).reshape(shape).astype(np.int64)
     x0 = _to_x0(k, code.bins)
     for t in range(2, T + 1):
-        coder.push_gauss(lat[t - 1], n[t - 1], *ch.step(n[t], x0, t))
-    coder.push_gauss(lat[T], n[T], *ch.top(x0))
+        narrow, ref, mean, std = ch.posterior(n[t], x0, t)
+        coder.push_gauss(narrow, n[t - 1], ref, mean, std)
+    narrow, ref, mean, std = ch.top(x0)
+    coder.push_gauss(narrow, n[T], ref, mean, std)
     return k
 
 

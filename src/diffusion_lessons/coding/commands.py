@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_lessons.cli import positive_int
 from diffusion_lessons.coding import bbans, container
 from diffusion_lessons.coding.grids import LatentGrid
 
@@ -69,21 +70,15 @@ def decompress_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def add_parsers(sub) -> None:
     """Register ``compress`` and ``decompress`` on an argparse subparsers object."""
     co = sub.add_parser("compress", help="losslessly compress uint8 images (bits-back, chapter 11)")
     co.add_argument("input", help=".npy file of uint8 images (N, H, W) or (N, C, H, W)")
     co.add_argument("output", help="compressed file to write")
     co.add_argument("--model", default="mnist", help="shipped checkpoint name or weights file")
-    co.add_argument("--steps", type=_positive, default=20, help="T, steps of the chain (>= 2)")
+    co.add_argument("--steps", type=positive_int, default=20, help="T, steps of the chain (>= 2)")
     co.add_argument("--precision", type=int, default=3, help="latent grid: σ / 2^precision")
-    co.add_argument("--batch", type=_positive, default=16, help="images per model call")
+    co.add_argument("--batch", type=positive_int, default=16, help="images per model call")
     co.set_defaults(func=compress_cmd)
     de = sub.add_parser("decompress", help="decode a file made by compress")
     de.add_argument("input", help="compressed file")

@@ -25,7 +25,7 @@ from diffusion_lessons.coding import bbans
 from diffusion_lessons.coding.grids import LatentGrid
 
 MAGIC = b"DLBB"
-VERSION = 1
+VERSION = 2
 _FIXED = struct.Struct("<4sHI")
 
 

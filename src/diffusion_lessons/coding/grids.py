@@ -69,6 +69,17 @@ class Lattice:
         """The integer lattice point nearest the reference: round(ref / δ), int64."""
         return np.floor(self.units(ref) + 0.5).astype(np.int64)
 
+    def around_mean(self, std: float, window: int) -> Lattice:
+        """The same lattice with the narrow window of a draw: W = ⌈window · std / δ⌉.
+
+        A latent *popped* from q(x_{t-1} | x_t, x_0) is coded around q's own (rounded) mean, so
+        its alphabet covers ``window`` standard deviations and no more: the coder's floor of
+        2^-24 per symbol then makes a draw far in the tails (a "leak") about
+        ``alphabet / 2^24`` likely, ten times rarer than in the wide window that the model's
+        push needs. The step δ is unchanged, so both codes name the same lattice points.
+        """
+        return Lattice(self.step, max(1, math.ceil(window * std / self.step)))
+
     def value(self, symbols: np.ndarray) -> np.ndarray:
         """The latent's value δ·n of lattice points ``symbols``: the only way back to ℝ."""
         return np.asarray(symbols, dtype=np.float64) * self.step
@@ -99,5 +110,7 @@ class LatentGrid:
         if not (std > 0 and reach >= 0 and math.isfinite(std) and math.isfinite(reach)):
             raise ValueError(f"need std > 0 and reach >= 0, got std={std}, reach={reach}")
         span = reach + self.window * std
-        step = max(std / 2.0**self.precision, span / MAX_HALF_WIDTH)
-        return Lattice(step=step, half_width=max(1, math.ceil(span / step)))
+        # two points of slack: a draw coded around q's rounded mean (Lattice.around_mean) lies
+        # at most ⌈span/δ⌉ + 2 points from the rounded reference
+        step = max(std / 2.0**self.precision, span / (MAX_HALF_WIDTH - 2))
+        return Lattice(step=step, half_width=math.ceil(span / step) + 2)

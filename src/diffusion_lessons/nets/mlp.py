@@ -41,7 +41,8 @@ class MLPDenoiser(nn.Module):
             raise ValueError(
                 f"the noise input c must have shape (B,) = ({x.shape[0]},), got {tuple(c.shape)}"
             )
-        emb = self.t_mlp(time_embedding(c * self.noise_scale, self.emb_dim))
+        # the sinusoids are float32 (as in training); the MLP runs in the dtype of x (float64 to code)
+        emb = self.t_mlp(time_embedding(c * self.noise_scale, self.emb_dim).to(x.dtype))
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)
