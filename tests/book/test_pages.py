@@ -59,3 +59,22 @@ def test_show_source_is_the_function_source_as_markdown():
     assert text.startswith("```python\ndef sizes(")
     assert text.endswith("```")
     assert "return full if scale() == " in text
+
+
+def test_numpy_scalars_are_glued_as_python_numbers(monkeypatch):
+    """MyST-NB formats a glued number from its repr; NumPy 2's is np.float64(…), which breaks it."""
+    import sys
+    import types
+
+    import numpy as np
+
+    seen = {}
+    fake = types.ModuleType("myst_nb")
+    fake.glue = lambda name, value, display: seen.__setitem__(name, value)
+    monkeypatch.setitem(sys.modules, "myst_nb", fake)
+    assert pages.glue("x", np.float64(0.25)) == 0.25
+    assert type(seen["x"]) is float and repr(seen["x"]) == "0.25"
+    pages.glue("k", np.int64(3))
+    assert type(seen["k"]) is int
+    pages.glue("t", torch.tensor(1.0))  # anything else is passed through
+    assert isinstance(seen["t"], torch.Tensor)

@@ -11,6 +11,8 @@ import os
 import textwrap
 from typing import Any
 
+import numpy as np
+
 import torch
 
 from diffusion_lessons.checks import check_choice
@@ -23,12 +25,15 @@ def glue(name: str, value: Any) -> Any:
     """Make ``value`` available to the prose as ``{glue:text}`name``` (MyST-NB), and return it.
 
     Outside a book build (plain Jupyter, Colab) there is nothing to glue into: the value is
-    simply returned.
+    simply returned. A NumPy scalar is glued as the Python number it holds: MyST-NB formats a
+    glued number from its ``repr``, and NumPy 2 writes ``np.float64(…)`` there.
     """
     try:
         from myst_nb import glue as _glue
     except ImportError:
         return value
+    if isinstance(value, np.generic):
+        value = value.item()
     _glue(name, value, display=False)
     return value
 
