@@ -12,7 +12,6 @@ import textwrap
 from typing import Any
 
 import numpy as np
-
 import torch
 
 from diffusion_lessons.checks import check_choice
