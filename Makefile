@@ -73,7 +73,7 @@ if first:
 endef
 export EXPLAIN_FAILURE
 
-.PHONY: help venv lock book book-test site-zip test fast test-lib api-pages lint format sync clean clean-cache
+.PHONY: help venv gpu-prepare lock book book-test site-zip test fast test-lib api-pages lint format sync clean clean-cache
 
 # The installed distributions that requirements.txt does not list (the library excepted).
 define NOT_IN_LOCK
@@ -92,8 +92,13 @@ help:
 	@echo "make api-pages  rewrite book/api/ from the package maps (after adding or moving a module)"
 	@echo "make sync   regenerate the paired .ipynb files from the .md chapters"
 	@echo "make lock   regenerate requirements.txt (the hashed lock) from requirements.in"
+	@echo "make gpu-prepare  build .gpu/ (wheels, data, chapter scripts) for issue 11's device runs (gpu/README.md)"
 
 venv: $(STAMP)
+
+# What a bare device machine lacks, in the git-ignored .gpu/ that device calls carry (gpu/README.md).
+gpu-prepare: $(STAMP)
+	BIN=$(BIN) bash gpu/prepare.sh
 
 # The environment is exactly the lock: every package pinned with its hashes (pip itself too),
 # anything else uninstalled, then the library in editable mode with the locked setuptools.
@@ -139,7 +144,7 @@ site-zip: $(STAMP)
 
 # The chapters are linted from their .ipynb twins (notebooks/ruff.toml: 88 columns); the tests
 # check the .md sources the same way.
-LINTED := src tests benchmarks book/_ext book/api
+LINTED := src tests benchmarks gpu book/_ext book/api
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED) notebooks

@@ -112,6 +112,13 @@ def _add_train(sub) -> None:
     tr.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if CUDA, else cpu")
     tr.add_argument("--no-progress", action="store_true")
     tr.add_argument("--data-root", default=None, help="folder holding mnist.npz")
+    tr.add_argument(
+        "--time-limit",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop at the first logging step after this long and checkpoint (continue: --resume)",
+    )
     tr.set_defaults(func=train)
 
 
@@ -162,11 +169,13 @@ def train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         data_root=args.data_root,
+        time_limit=args.time_limit,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"step {result.step}: loss {result.losses[-1]:.5f}, "
-            f"{result.images_per_second:.1f} images/s, checkpoint in {args.out}"
+            f"{result.images_per_second:.1f} images/s in {result.seconds:.1f} s, "
+            f"checkpoint in {args.out}"
         )
     return 0
 

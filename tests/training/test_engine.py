@@ -43,6 +43,25 @@ def test_resume_continues_on_the_same_loss_curve(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_time_limit_stops_at_a_logging_step_and_resume_continues(tmp_path):
+    """A run out of time stops at its next logging step, checkpoints there although no
+    checkpoint is due, and ``resume`` then ends on the uninterrupted run's loss curve."""
+    cfg = dataclasses.replace(TINY, steps=6, log_every=2, checkpoint_every=100)
+    images = _images()
+    straight = engine.train(cfg, images=images, progress=False)
+    cut = engine.train(cfg, tmp_path, images=images, progress=False, time_limit=1e-9)
+    assert cut.step == 2 and len(cut.losses) == 2  # the first logging step
+    assert checkpoints.read_training_state(tmp_path / "checkpoint.safetensors").step == 2
+    resumed = engine.train(cfg, tmp_path, resume=True, images=images, progress=False)
+    assert resumed.step == 6
+    assert resumed.losses == straight.losses
+    ample = engine.train(cfg, images=images, progress=False, time_limit=3600.0)
+    assert ample.step == 6 and ample.losses == straight.losses
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="time_limit must be a number of seconds > 0"):
+            engine.train(cfg, images=images, progress=False, time_limit=bad)
+
+
 def test_refusals_leave_the_checkpoint_untouched(tmp_path):
     images = _images()
     engine.train(dataclasses.replace(TINY, steps=2), tmp_path, images=images, progress=False)
@@ -276,9 +295,16 @@ def _ddp_worker(rank, world, port, out_dir):
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    cfg = dataclasses.replace(TINY, steps=3, batch_size=8)
+    # rank 0's clock decides when time is up (at step 2, the first logging step), not rank 1's
+    cfg = dataclasses.replace(TINY, steps=6, batch_size=8, log_every=2)
+    limit = 1e-9 if rank == 0 else 3600.0
     result = engine.train(
-        cfg, out_dir if rank == 0 else None, images=_images(), device="cpu", progress=False
+        cfg,
+        out_dir if rank == 0 else None,
+        images=_images(),
+        device="cpu",
+        progress=False,
+        time_limit=limit,
     )
     from safetensors.torch import save_file
 
@@ -299,7 +325,7 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
     single = engine.train(
-        dataclasses.replace(TINY, steps=3, batch_size=8),
+        dataclasses.replace(TINY, steps=2, batch_size=8, log_every=2),
         images=_images(),
         device="cpu",
         progress=False,
@@ -307,6 +333,7 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
     for k, v in single.model.state_dict().items():
         assert torch.allclose(r0[k], v, atol=1e-5, rtol=1e-4), k
     assert torch.allclose(r0["losses"], torch.tensor(single.losses), rtol=1e-5)
+    assert len(r1["losses"]) == 2, "rank 1 stopped with rank 0, its own limit not reached"
     assert (tmp_path / optimization.CHECKPOINT_NAME).exists(), "rank 0 wrote the checkpoint"
 
 
@@ -351,6 +378,19 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     assert set(values) == terms | {f"{k}_se" for k in terms}
     parts = values["prior"] + values["reconstruction"] + values["diffusion"]
     assert values["total"] == pytest.approx(parts, abs=2e-4)
+
+
+def test_cli_time_limit_checkpoints_and_resumes(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    argv = ["train", "--config", "tiny", "--steps", "3", "--out", out, "--no-progress"]
+    assert cli.main([*argv, "--time-limit", "1e-9"]) == 0
+    assert "step 1:" in capsys.readouterr().out  # the tiny preset logs every step
+    assert cli.main([*argv, "--resume", "--time-limit", "600"]) == 0
+    assert "step 3:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--time-limit", "0"])
+    assert exit_info.value.code == 2
+    assert "--time-limit" in capsys.readouterr().err
 
 
 def test_cli_eval_checks_the_ema_weights(tmp_path):

@@ -141,6 +141,7 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = True,
     data_root: str | None = None,
+    time_limit: float | None = None,
 ) -> TrainResult:
     """Train the U-Net of ``cfg`` for ``cfg.steps`` steps; checkpoint to ``out_dir``.
 
@@ -149,7 +150,14 @@ def train(
     ``cfg.checkpoint_every`` steps and at the end; an existing checkpoint is only continued with
     ``resume=True`` (and never silently overwritten otherwise). Under torchrun, call it in every
     process.
+
+    ``time_limit`` (seconds, or None) ends the run early, at the first logging step (every
+    ``cfg.log_every`` steps) at which this call has trained for that long; the checkpoint is
+    written there, and ``resume=True`` continues on the same loss curve (how a GPU run that
+    must fit 10-minute commands is split, ``gpu/README.md``).
     """
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be a number of seconds > 0 or None, got {time_limit!r}")
     rank, world, local_rank, own_group = distributed_context()
     try:
         if cfg.batch_size % world:
@@ -163,7 +171,9 @@ def train(
         model = UNet(cfg.unet_config())
         state = build_state(model, cfg, dev, world=world, resume_from=ckpt if resume else None)
         loss_fn = make_loss_fn(cfg, dev)
-        return run_steps(state, images, loss_fn, cfg, ckpt, rank, world, progress=progress)
+        return run_steps(
+            state, images, loss_fn, cfg, ckpt, rank, world, progress=progress, time_limit=time_limit
+        )
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -204,6 +214,19 @@ class _Progress:
         return time.perf_counter() - self.start
 
 
+def _out_of_time(
+    log: _Progress, time_limit: float | None, world: int, device: torch.device
+) -> bool:
+    """Whether the run has used its ``time_limit``: rank 0 decides and tells every process, so
+    all stop at the same step (every process must pass a ``time_limit``, or none)."""
+    if time_limit is None:
+        return False
+    stop = torch.tensor([time.perf_counter() - log.start >= time_limit], device=device)
+    if world > 1:
+        dist.broadcast(stop, src=0)
+    return bool(stop.item())
+
+
 def run_steps(
     state: TrainState,
     images: Tensor,
@@ -214,13 +237,16 @@ def run_steps(
     world: int = 1,
     *,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> TrainResult:
     """Run :func:`~diffusion_lessons.training.optimization.train_step` from ``state.step`` to ``cfg.steps`` on ``images`` (on the device).
 
     Before each step: the dropout seed ``(seed, step, 2, rank)`` and this rank's share of the
     step's batch (:func:`step_batch`). Every ``log_every`` and ``checkpoint_every`` steps and at
     the end, the losses since the last time are averaged over the processes and kept; rank 0
-    writes ``ckpt`` every ``checkpoint_every`` steps and at the end.
+    writes ``ckpt`` every ``checkpoint_every`` steps and at the end. With ``time_limit``
+    (seconds), the run also ends at the first logging step after that long (every process
+    stops at the same step: rank 0's clock decides), and the checkpoint is written there.
     """
     log = _Progress(cfg, state.step, show=progress and rank == 0)
     first, pending = state.step, []
@@ -238,8 +264,12 @@ def run_steps(
                 state.losses += mean_over_processes(torch.stack(pending).double(), world).tolist()
                 pending.clear()
                 log.update(s, state.losses[-1])
-                if ckpt is not None and rank == 0 and _due(s, cfg.checkpoint_every, cfg.steps):
+                out_of_time = _out_of_time(log, time_limit, world, images.device)
+                due = _due(s, cfg.checkpoint_every, cfg.steps) or out_of_time
+                if ckpt is not None and rank == 0 and due:
                     save_state(ckpt, cfg, state)
+                if out_of_time:
+                    break
         seconds = log.seconds(images.device)
         if world > 1:
             dist.barrier()  # rank 0 has finished writing before anyone returns

@@ -1,0 +1,113 @@
+"""The GPU runs of issue 11 (gpu/), rehearsed on the CPU at tiny size: no GPU minute may be
+spent on a bug. The outputs must also fit what a device command can bring back: at most 8 files
+of at most 16 MiB each, named in letters, digits, '.', '_' and '-'."""
+
+import importlib.util
+import json
+import re
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RETURN_FILES, RETURN_BYTES = 8, 16 * 2**20
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "gpu" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fits_the_return_limits(folder):
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert len(files) <= RETURN_FILES, files
+    for p in files:
+        assert p.stat().st_size <= RETURN_BYTES, p
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", p.name), p
+
+
+def test_likelihood_run_trains_in_two_calls_and_exports(tmp_path, capsys):
+    """Two time-limited calls add up their seconds; the export is a float16 shipped checkpoint
+    measured term by term, which loads like the shipped one."""
+    from diffusion_lessons.training import pretrained
+
+    script = _load("mnist_likelihood")
+    run, out = tmp_path / "run", tmp_path / "out"
+    common = ["--config", "tiny", "--run", str(run), "--out", str(out), "--n", "16"]
+    assert script.main([*common, "--train-seconds", "1e-9"]) == 0
+    first = json.loads((run / "seconds.json").read_text())
+    assert first["calls"][0]["step"] == 1  # stopped at the first logging step
+    assert not out.exists(), "nothing to bring back before --export"
+    argv = [*common, "--train-seconds", "600", "--resume", "--export", "--methods", "vdm"]
+    assert script.main(argv) == 0
+    record = json.loads((out / "mnist.json").read_text())
+    calls = record["training_calls"]
+    assert [c["step"] for c in calls] == [1, 4]
+    assert record["training_seconds"] == pytest.approx(sum(c["seconds"] for c in calls))
+    assert "--resume" in record["train_command"] and "&&" in record["train_command"]
+    assert set(record["bits_per_dim"]) == {"vdm"} and record["test_images"] == 16
+    terms = record["bits_per_dim"]["vdm"]
+    assert terms["total"] == pytest.approx(
+        terms["prior"] + terms["reconstruction"] + terms["diffusion"], rel=1e-6
+    )
+    pre = pretrained.read_weights(out / "mnist.safetensors")
+    assert pre.step == 4 and pre.sha256 == record["weights_sha256"]
+    assert "vdm:" in capsys.readouterr().out
+    _fits_the_return_limits(out)
+    with pytest.raises(SystemExit):
+        script.main([*common, "--methods", "ddpm:0"])
+
+
+def test_shipped_gpu_preset_fits_the_return_limit_as_float16():
+    """The mnist-gpu U-Net stored as float16 fits one returned file (and chapter 10's 25 MB)."""
+    from diffusion_lessons.nets.unet import UNet, count_parameters
+    from diffusion_lessons.training import config
+
+    params = count_parameters(UNet(config.PRESETS["mnist-gpu"].unet_config()))
+    assert 2 * params < RETURN_BYTES - 2**20  # weights, with a MiB for the losses and header
+    assert config.PRESETS["mnist-gpu"].objective == "vdm"  # the continuous-time bound
+
+
+def test_chapter_runner_times_each_chapter_and_keeps_to_its_deadline(tmp_path):
+    script = _load("run_chapters")
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    (chapters / "01_ok.py").write_text(
+        "import os, time\nprint('scale', os.environ['DIFFUSION_LESSONS_SCALE'])\ntime.sleep(0.3)\n"
+    )
+    (chapters / "02_fails.py").write_text("raise SystemExit('no such model')\n")
+    out = tmp_path / "out"
+    rc = script.main(["--out", str(out), "--chapters", str(chapters), "--scale", "small"])
+    assert rc == 1, "a failing chapter fails the command"
+    rows = {r["chapter"]: r for r in json.loads((out / "chapters.json").read_text())["chapters"]}
+    assert rows["01_ok"]["returncode"] == 0 and rows["01_ok"]["seconds"] >= 0.3
+    assert rows["01_ok"]["tail"] == ["scale small"]
+    assert rows["02_fails"]["returncode"] == 1 and rows["02_fails"]["tail"] == ["no such model"]
+    argv = ["--out", str(out), "--chapters", str(chapters), "--deadline", "0.1"]
+    assert script.main(argv) == 1  # 01 is stopped at the deadline; 02 is not started
+    rows = json.loads((out / "chapters.json").read_text())["chapters"]
+    assert [r["returncode"] for r in rows] == ["timeout", "not started"]
+    assert rows[0]["seconds"] < 0.3
+    _fits_the_return_limits(out)
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(out), "--chapters", str(chapters), "--only", "09_nothing"])
+
+
+def test_device_script_names_every_item():
+    """gpu/device.sh runs what gpu/README.md calls, and the wheels it installs are pinned."""
+    text = (REPO / "gpu" / "device.sh").read_text()
+    readme = (REPO / "gpu" / "README.md").read_text()
+    for item, target in [
+        ("bench", "benchmarks/bench_train.py"),
+        ("likelihood", "gpu/mnist_likelihood.py"),
+        ("chapters", "gpu/run_chapters.py"),
+    ]:
+        assert f"{item})" in text and target in text
+        assert f"gpu/device.sh {item}" in readme
+    lock = (REPO / "requirements.txt").read_text()
+    for name in (REPO / "gpu" / "wheels.txt").read_text().split():
+        assert re.search(rf"^{re.escape(name)}==", lock, re.M), f"{name} is not in the lock"
