@@ -5,7 +5,7 @@ script here (jupytext's ``py:percent`` format, into ``.gpu/chapters/``). This ru
 time, each in a fresh Python process started in ``notebooks/`` with ``DIFFUSION_LESSONS_SCALE``
 set (``full`` by default: the chapters' GPU sizes) and matplotlib's non-interactive backend,
 and writes ``--out``/chapters.json: per chapter its wall time, exit status and the last lines of
-its output. At ``--deadline`` seconds a chapter still running is stopped (``"timeout"``) and no
+its printed output (the tables). At ``--deadline`` seconds a chapter still running is stopped (``"timeout"``) and no
 other is started, so one device command never runs past its limit; the chapters not started
 are listed as such, for the next command (``--only``). Rehearsal on a CPU::
 
@@ -26,12 +26,19 @@ from diffusion_lessons.cli import positive_float
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = REPO / ".gpu" / "chapters"
-TAIL_LINES = 30
+TAIL_LINES = 200
 
 
 def run_one(script: Path, scale: str, timeout: float) -> dict:
     """Run one chapter script; its wall time, exit status and output tail."""
-    env = dict(os.environ, DIFFUSION_LESSONS_SCALE=scale, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    # tqdm's bars off (TQDM_DISABLE): each redraw would be a line of the recorded output
+    env = dict(
+        os.environ,
+        DIFFUSION_LESSONS_SCALE=scale,
+        MPLBACKEND="Agg",
+        PYTHONUNBUFFERED="1",
+        TQDM_DISABLE="1",
+    )
     start = time.perf_counter()
     try:
         done = subprocess.run(
