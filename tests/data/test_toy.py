@@ -86,3 +86,25 @@ def test_checkerboard_density_integrates_to_one_and_covers_samples():
     assert (cb.log_prob(pts).exp().sum() * h * h).item() == pytest.approx(1.0, abs=1e-3)
     samples = cb.sample(5000, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(cb.log_prob(samples)).all()
+
+
+def test_noised_mixtures_are_built_once_per_level_and_the_store_is_bounded(monkeypatch):
+    """A sampler asks for the same ᾱ at every run: the noised mixture is reused, it equals one
+    built afresh, and the store never holds more than its bound."""
+    from diffusion_lessons.data import toy
+
+    mix = toy.GaussianMixture(
+        torch.tensor([0.3, 0.7]),
+        torch.tensor([[1.0, -2.0], [0.5, 3.0]]),
+        torch.tensor([[[1.0, 0.2], [0.2, 0.5]], [[0.4, 0.0], [0.0, 2.0]]]),
+    )
+    first = mix.noised(0.25)
+    assert mix.noised(0.25) is first
+    fresh = toy.GaussianMixture(mix.weights, 0.5 * mix.means, 0.25 * mix.covs + 0.75 * torch.eye(2))
+    torch.testing.assert_close(first.covs, fresh.covs)
+    torch.testing.assert_close(first.means, fresh.means)
+    monkeypatch.setattr(toy, "_NOISED_CACHE_SIZE", 3)
+    for a in (0.1, 0.2, 0.3, 0.4, 0.5):
+        mix.noised(a)
+    assert len(mix._noised) <= 3
+    torch.testing.assert_close(mix.noised(0.25).covs, fresh.covs)

@@ -55,13 +55,9 @@ def mixture_denoiser(mixture: GaussianMixture) -> Denoiser:
                 f"log_snr must have shape (B,) = ({xt.shape[0]},), got {tuple(lam.shape)}"
             )
         levels, which = torch.unique(lam, return_inverse=True)
-        if len(levels) == 1:  # one level for the whole batch (every sampler step)
-            ab = torch.sigmoid(levels[0].cpu()).item()
-            return mixture_posterior_mean(mixture, xt, ab).to(xt.device, xt.dtype)
         out = torch.empty(xt.shape, dtype=torch.float64, device=xt.device)
-        for k, level in enumerate(levels.tolist()):
-            rows = which == k
-            ab = torch.sigmoid(torch.tensor(level, dtype=torch.float64)).item()
+        for k, ab in enumerate(torch.sigmoid(levels.cpu()).tolist()):
+            rows = slice(None) if len(levels) == 1 else which == k  # one level: every sampler step
             out[rows] = mixture_posterior_mean(mixture, xt[rows], ab).to(out.device)
         return out.to(xt.dtype)
 

@@ -18,6 +18,10 @@ from diffusion_lessons.checks import check_positive_int
 # 2-D distributions with exact densities
 
 
+_NOISED_CACHE_SIZE = 4096
+"""How many noised mixtures one :class:`GaussianMixture` keeps (about 1 kB each in 2-D)."""
+
+
 @dataclass(frozen=True)
 class GaussianMixture:
     """p(x) = Σ_k w_k N(x; μ_k, Σ_k) in D dimensions.
@@ -62,6 +66,7 @@ class GaussianMixture:
         object.__setattr__(self, "_precision", chol_inv.transpose(1, 2) @ chol_inv)
         log_det = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
         object.__setattr__(self, "_log_det", log_det)
+        object.__setattr__(self, "_noised", {})  # ᾱ → noised(ᾱ), see noised()
 
     @property
     def precisions(self) -> Tensor:
@@ -109,15 +114,20 @@ class GaussianMixture:
         """The law of x_t = √ᾱ x_0 + √(1 − ᾱ) ε when x_0 follows this mixture.
 
         Each component N(μ, Σ) becomes N(√ᾱ μ, ᾱ Σ + (1 − ᾱ) I); the weights stay.
-        ``alpha_bar`` must lie in [0, 1].
+        ``alpha_bar`` must lie in [0, 1]. The noised mixture of each ᾱ is built (checked and
+        factorized) once and then reused: a sampler asks for the same levels at every run.
         """
         if not 0.0 <= float(alpha_bar) <= 1.0:
             raise ValueError(f"alpha_bar must lie in [0, 1], got {alpha_bar!r}")
         a = float(alpha_bar)
-        eye = torch.eye(self.dim, dtype=torch.float64)
-        return GaussianMixture(
-            self.weights, math.sqrt(a) * self.means, a * self.covs + (1 - a) * eye
-        )
+        if a not in self._noised:
+            if len(self._noised) >= _NOISED_CACHE_SIZE:
+                self._noised.clear()
+            eye = torch.eye(self.dim, dtype=torch.float64)
+            self._noised[a] = GaussianMixture(
+                self.weights, math.sqrt(a) * self.means, a * self.covs + (1 - a) * eye
+            )
+        return self._noised[a]
 
     def mean(self) -> Tensor:
         """E[x]: shape ``(D,)``."""
