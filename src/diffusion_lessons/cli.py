@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib
 import os
 import sys
@@ -30,9 +29,7 @@ import torch
 from diffusion_lessons.data import datasets
 from diffusion_lessons.likelihood import evaluate_bits_per_dim
 from diffusion_lessons.nets.unet import UNet
-from diffusion_lessons.noise.schedules import get_schedule
-from diffusion_lessons.objectives import continuous_time, discrete_time
-from diffusion_lessons.training import checkpoints, config, engine
+from diffusion_lessons.training import checkpoints, config, engine, pretrained
 
 PROG = "diffusion-lessons"
 """The program's name, as ``--help`` and the error line show it (the console script's name)."""
@@ -194,17 +191,8 @@ def evaluate(args: argparse.Namespace) -> int:
     )
     model.to(dev).eval()
     images = datasets.load_images(cfg.dataset, "test", root=args.data_root, limit=args.n).to(dev)
-    schedule, bins = get_schedule(cfg.schedule), datasets.DATASETS[cfg.dataset].bins
-    denoiser = config.as_denoiser(model)  # FromEps: the U-Net is conditioned on λ
-    if args.method == "ddpm":
-        alpha_bar = schedule.ddpm_alpha_bar(args.T).to(dev)
-        terms_fn = functools.partial(
-            discrete_time.ddpm_terms, denoiser, alpha_bar=alpha_bar, bins=bins
-        )
-    else:
-        terms_fn = functools.partial(
-            continuous_time.vdm_terms, denoiser, schedule=schedule, bins=bins
-        )
+    T = args.T if args.method == "ddpm" else None
+    terms_fn = pretrained.terms_function(model, cfg, args.method, T)  # as export measures
     bpd = evaluate_bits_per_dim(terms_fn, images, batch_size=args.batch_size)
     print(
         f"{cfg.dataset} test set, {images.shape[0]} images, EMA weights at step {ckpt.step}, "
@@ -220,9 +208,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     file, e.g. an existing run folder without ``--resume``, a truncated checkpoint), ``OSError``
     (a missing file, a folder that cannot be written) and the data sets' and shipped checkpoints'
     own errors, which say what to do."""
-    from diffusion_lessons.training.pretrained import CheckpointError
-
-    return (ValueError, OSError, datasets.DatasetError, CheckpointError)
+    return (ValueError, OSError, datasets.DatasetError, pretrained.CheckpointError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
