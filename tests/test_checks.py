@@ -9,6 +9,7 @@ from diffusion_lessons.checks import (
     check_step,
     check_time,
     promote_coefficient,
+    sum_except_batch,
 )
 
 
@@ -74,3 +75,11 @@ def test_promote_coefficient_uses_the_wider_dtype():
     assert promote_coefficient(c32, x64).dtype == torch.float64
     assert promote_coefficient(c32, x32).dtype == torch.float32, "float32 with float32 stays"
     assert promote_coefficient(c32, x64).item() == c32.item(), "widening is exact"
+
+
+def test_sum_except_batch_is_the_per_example_total():
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    totals = sum_except_batch(x)
+    assert totals.shape == (2,)
+    assert totals.tolist() == [sum(range(12)), sum(range(12, 24))]  # small integers: exact
+    assert sum_except_batch(torch.ones(5)).tolist() == [1.0] * 5  # (B,) stays (B,)

@@ -54,6 +54,11 @@ def append_dims(coef: Tensor, x: Tensor, *, name: str = "t", x_name: str = "x") 
     return coef.reshape(coef.shape + (1,) * (x.ndim - 1))
 
 
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Σ over every dimension but the first: ``(B, ...) → (B,)`` (a per-example total)."""
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
 def check_time(
     t: Tensor | float, *, name: str = "t", low: float = 0.0, high: float = 1.0
 ) -> Tensor:

@@ -14,14 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffusion_lessons.checks import check_same_shape
+from diffusion_lessons.checks import check_same_shape, sum_except_batch
 
 VectorField = Callable[[Tensor], Tensor]
 """``f(x (B, ...)) -> (B, ...)``: a score s(x), or a velocity at a fixed time."""
-
-
-def _sum_except_batch(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(1)
 
 
 def exact_divergence(f: VectorField, x: Tensor, *, create_graph: bool = False) -> Tensor:
@@ -60,7 +56,7 @@ def hutchinson_divergence(
         fx = f(x)
         check_same_shape(fx, x, "f(x)", "x")
         (vjp,) = torch.autograd.grad((fx * probe).sum(), x, create_graph=create_graph)
-    return _sum_except_batch(vjp * probe)
+    return sum_except_batch(vjp * probe)
 
 
 def rademacher_probe(like: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from diffusion_lessons.checks import sum_except_batch
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -20,15 +22,11 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError("shapes must agree: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
 
 
-def _sum_except_batch(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(1)
-
-
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
     """log N(x; mean, diag(exp(log_var))), summed over all but the batch axis: ``(B,)``."""
     mean, log_var = torch.broadcast_tensors(mean, log_var)
     _check_same_shape(x=x, mean=mean)
-    return _sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 / log_var.exp()))
+    return sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 / log_var.exp()))
 
 
 def kl_diag_gaussians(
@@ -44,13 +42,13 @@ def kl_diag_gaussians(
     per_dim = 0.5 * (
         log_var_p - log_var_q + (log_var_q.exp() + (mean_q - mean_p) ** 2) / log_var_p.exp() - 1.0
     )
-    return _sum_except_batch(per_dim)
+    return sum_except_batch(per_dim)
 
 
 def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     """KL(N(mean, diag exp(log_var)) ‖ N(0, I)) = ½ Σ (var + mean² − 1 − log var): ``(B,)``."""
     _check_same_shape(mean=mean, log_var=log_var)
-    return _sum_except_batch(0.5 * (log_var.exp() + mean**2 - 1.0 - log_var))
+    return sum_except_batch(0.5 * (log_var.exp() + mean**2 - 1.0 - log_var))
 
 
 def _log_diff_ndtr(a: Tensor, b: Tensor) -> Tensor:
@@ -106,7 +104,7 @@ def discretized_gaussian_log_prob(
         torch.special.log_ndtr(torch.where(is_low, b, 0.0)),
         torch.where(is_high, torch.special.log_ndtr(torch.where(is_high, -a, 0.0)), inner),
     )
-    return _sum_except_batch(log_prob)
+    return sum_except_batch(log_prob)
 
 
 def bits_per_dim(nats: Tensor | float, num_dims: int) -> Tensor:

@@ -20,7 +20,12 @@ import torch
 from torch import Tensor
 
 from diffusion_lessons import gaussians
-from diffusion_lessons.checks import append_dims, as_coefficient, promote_coefficient
+from diffusion_lessons.checks import (
+    append_dims,
+    as_coefficient,
+    promote_coefficient,
+    sum_except_batch,
+)
 
 
 def _check_pair(x0: Tensor, x0_hat: Tensor) -> None:
@@ -33,7 +38,7 @@ def _check_pair(x0: Tensor, x0_hat: Tensor) -> None:
 def _squared_error(x0: Tensor, x0_hat: Tensor) -> Tensor:
     """‖x̂_0 − x_0‖² per example: ``(B, ...)`` → ``(B,)``."""
     _check_pair(x0, x0_hat)
-    return ((x0_hat - x0) ** 2).reshape(x0.shape[0], -1).sum(1)
+    return sum_except_batch((x0_hat - x0) ** 2)
 
 
 def _per_example(coef: Tensor | float, x0: Tensor, name: str) -> Tensor:
@@ -53,7 +58,7 @@ def prior_kl(x0: Tensor, log_snr_1: Tensor | float) -> Tensor:
     lam = promote_coefficient(lam, x0)
     ab = torch.sigmoid(lam)
     per_dim_const = 0.5 * (-torch.nn.functional.logsigmoid(-lam) - ab)  # ½ (σ² − 1 − log σ²)
-    sq = (x0**2).reshape(x0.shape[0], -1).sum(1)
+    sq = sum_except_batch(x0**2)
     d = x0[0].numel()
     return 0.5 * ab.to(x0).reshape(-1) * sq + (d * per_dim_const).to(x0).reshape(-1)
 

@@ -25,14 +25,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffusion_lessons.checks import as_coefficient, check_same_shape
+from diffusion_lessons.checks import as_coefficient, check_same_shape, sum_except_batch
 from diffusion_lessons.denoisers.denoiser import Denoiser, alpha_sigma, score_from
 from diffusion_lessons.divergence import VectorField, exact_divergence
-
-
-def _sum_except_batch(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(1)
-
 
 # ---------------------------------------------------------------------------------------------
 # The three objectives
@@ -47,7 +42,7 @@ def explicit_score_matching(score: VectorField, true_score: VectorField, x: Tens
     s, s_true = score(x), true_score(x)
     check_same_shape(s, x, "score(x)", "x")
     check_same_shape(s_true, x, "true_score(x)", "x")
-    return 0.5 * _sum_except_batch((s - s_true) ** 2)
+    return 0.5 * sum_except_batch((s - s_true) ** 2)
 
 
 def implicit_score_matching(score: VectorField, x: Tensor, *, create_graph: bool = False) -> Tensor:
@@ -60,7 +55,7 @@ def implicit_score_matching(score: VectorField, x: Tensor, *, create_graph: bool
     s = score(x)
     check_same_shape(s, x, "score(x)", "x")
     trace = exact_divergence(score, x, create_graph=create_graph)
-    return trace + 0.5 * _sum_except_batch(s**2)
+    return trace + 0.5 * sum_except_batch(s**2)
 
 
 def denoising_score_matching(
@@ -80,4 +75,4 @@ def denoising_score_matching(
         lam = lam.expand(x0.shape[0])
     a, s = alpha_sigma(lam, x0)
     xt = a * x0 + s * eps
-    return 0.5 * _sum_except_batch((score_from(denoiser, xt, lam) + eps / s) ** 2)
+    return 0.5 * sum_except_batch((score_from(denoiser, xt, lam) + eps / s) ** 2)

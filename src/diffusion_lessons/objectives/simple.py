@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from diffusion_lessons.checks import append_dims
+from diffusion_lessons.checks import append_dims, sum_except_batch
 from diffusion_lessons.denoisers.denoiser import Denoiser, eps_from, score_from
 from diffusion_lessons.noise.schedules import check_alpha_bar_grid, log_snr_from_alpha_bar
 from diffusion_lessons.noise.time_sampling import uniform_steps
@@ -117,4 +117,4 @@ def eps_loss_continuous(x0: Tensor, denoiser: Denoiser, schedule, t: Tensor, eps
         raise ValueError(
             f"the denoiser returned shape {tuple(eps_hat.shape)}, expected {tuple(x0.shape)}"
         )
-    return (eps - eps_hat.to(eps.dtype)).pow(2).reshape(x0.shape[0], -1).sum(1)
+    return sum_except_batch((eps - eps_hat.to(eps.dtype)).pow(2))
