@@ -142,17 +142,19 @@ class _Coder:
             self.models[W] = constriction.stream.model.QuantizedGaussian(-W, W)
         return self.models[W]
 
-    def pop_gauss(self, lat: Lattice, ref, mean, std: float) -> tuple[np.ndarray, int]:
-        """Pop n ~ N(mean, std²) on ``lat`` around ``ref``; returns (lattice points, bits)."""
-        anchor = lat.anchor(ref).ravel()
+    def pop_gauss(self, lat: Lattice, mean, std: float, *, ref=None) -> tuple[np.ndarray, int]:
+        """Pop n ~ N(mean, std²) on ``lat`` around ``ref`` (default: the mean); returns
+        (lattice points, bits)."""
+        anchor = lat.anchor(mean if ref is None else ref).ravel()
         frac = lat.units(mean).ravel() - anchor
         before = self._bits()
         off = self.ans.decode(self._model(lat), frac, np.full(frac.shape, std / lat.step))
         return (anchor + off).reshape(np.shape(mean)), self._bits() - before
 
-    def push_gauss(self, lat: Lattice, n: np.ndarray, ref, mean, std: float) -> int:
-        """Push lattice points ``n`` under N(mean, std²); returns bits added."""
-        anchor = lat.anchor(ref).ravel()
+    def push_gauss(self, lat: Lattice, n: np.ndarray, mean, std: float, *, ref=None) -> int:
+        """Push lattice points ``n`` under N(mean, std²) around ``ref`` (default: the mean);
+        returns bits added."""
+        anchor = lat.anchor(mean if ref is None else ref).ravel()
         off = n.ravel() - anchor
         if np.abs(off).max(initial=0) > lat.half_width:
             raise ValueError(
@@ -214,16 +216,16 @@ class _Chain:
         return ref, c0 * np.asarray(x0) + ref, std
 
     def posterior(self, n_t: np.ndarray, x0: np.ndarray, t: int):
-        """(lattice, reference, mean, std) of q(x_{t-1} | x_t, x_0): coded around its own mean in
-        the narrow window (:meth:`~.grids.Lattice.around_mean`)."""
+        """(lattice, mean, std) of q(x_{t-1} | x_t, x_0): coded around its own mean in the narrow
+        window (:meth:`~.grids.Lattice.around_mean`)."""
         _, mean, std = self.step(n_t, x0, t)
-        return self.narrow(t - 1, std), mean, mean, std
+        return self.narrow(t - 1, std), mean, std
 
     def top(self, x0: np.ndarray):
-        """(lattice, reference, mean, std) of q(x_T | x_0), coded like :meth:`posterior`."""
+        """(lattice, mean, std) of q(x_T | x_0), coded like :meth:`posterior`."""
         T = self.code.T
         mean, std = math.sqrt(self.code.alpha_bar[-1]) * x0, self.code.std(T)
-        return self.narrow(T, std), mean, mean, std
+        return self.narrow(T, std), mean, std
 
     def narrow(self, i: int, std: float) -> Lattice:
         return self.lat[i].around_mean(std, self.code.grid.window)
@@ -251,11 +253,11 @@ def _encode_batch(coder: _Coder, ch: _Chain, k: np.ndarray, ledger: list) -> Non
     for t in range(2, T + 1):
         x0_hat = ch.x0_hat(n[t], t)
         ref, mean, std = ch.step(n[t], x0_hat.numpy(), t)
-        pushed = coder.push_gauss(lat[t - 1], n[t - 1], ref, mean, std)
+        pushed = coder.push_gauss(lat[t - 1], n[t - 1], mean, std, ref=ref)
         kl = nelbo.denoising_kl(x0t, x0_hat, ch.lam[t - 1], ch.lam[t]).sum().item()
         ledger.append({"step": t, "popped": -popped[t - 1], "pushed": pushed, "bound": kl / LN2})
     zero = np.zeros_like(x0)
-    pushed = coder.push_gauss(lat[T], n[T], zero, zero, 1.0)
+    pushed = coder.push_gauss(lat[T], n[T], zero, 1.0)
     kl = nelbo.prior_kl(x0t, ch.lam[T]).sum().item()
     ledger.append({"step": T + 1, "popped": -popped[T], "pushed": pushed, "bound": kl / LN2})
 
@@ -264,17 +266,18 @@ def _decode_batch(coder: _Coder, ch: _Chain, shape: tuple[int, ...]) -> np.ndarr
     code, T, lat = ch.code, ch.code.T, ch.lat
     zero = np.zeros(shape)
     n = {}
-    n[T], _ = coder.pop_gauss(lat[T], zero, zero, 1.0)
+    n[T], _ = coder.pop_gauss(lat[T], zero, 1.0)
     for t in range(T, 1, -1):
-        n[t - 1], _ = coder.pop_gauss(lat[t - 1], *ch.step(n[t], ch.x0_hat(n[t], t).numpy(), t))
+        ref, mean, std = ch.step(n[t], ch.x0_hat(n[t], t).numpy(), t)
+        n[t - 1], _ = coder.pop_gauss(lat[t - 1], mean, std, ref=ref)
     k, _ = coder.pop_pixels(ch.decoder_probs(ch.x0_hat(n[1], 1)))
     k = np.asarray(k).reshape(shape).astype(np.int64)
     x0 = _to_x0(k, code.bins)
     for t in range(2, T + 1):
-        narrow, ref, mean, std = ch.posterior(n[t], x0, t)
-        coder.push_gauss(narrow, n[t - 1], ref, mean, std)
-    narrow, ref, mean, std = ch.top(x0)
-    coder.push_gauss(narrow, n[T], ref, mean, std)
+        narrow, mean, std = ch.posterior(n[t], x0, t)
+        coder.push_gauss(narrow, n[t - 1], mean, std)
+    narrow, mean, std = ch.top(x0)
+    coder.push_gauss(narrow, n[T], mean, std)
     return k
 
 
