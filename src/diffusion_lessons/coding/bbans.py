@@ -14,12 +14,17 @@ coder's probability floor rarely lands a draw in the far tails), a push under p_
 reference c_t x_t in the wide window that any x̂_0 in [−1, 1] needs;
 p_θ(x_{t-1} | x_t) is the posterior with x̂_0 plugged in and the same variance (``eq-reverse-step``),
 so step t costs KL(q ‖ p_θ) = ``denoising_kl`` bits on average and the ledger sets them side by side.
+
+The coder's model is the denoiser as :func:`coded_denoiser` evaluates it (x̂_0 clipped to [−1, 1]);
+:func:`coder_terms` is the negative ELBO of that model on the code's grid, the bound its files are
+measured against (:func:`~diffusion_lessons.likelihood.evaluate_bits_per_dim`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import constriction
@@ -28,8 +33,9 @@ import torch
 
 from diffusion_lessons.coding.grids import LatentGrid, Lattice
 from diffusion_lessons.gaussians import discretized_gaussian_log_prob
+from diffusion_lessons.likelihood import TermsFn
 from diffusion_lessons.objectives import nelbo
-from diffusion_lessons.objectives.discrete_time import log_snr_grid
+from diffusion_lessons.objectives.discrete_time import log_snr_grid, nelbo_terms_exact_sum
 from diffusion_lessons.process.posterior import posterior_coefs
 
 X0_GRID = 2.0**-20
@@ -94,6 +100,11 @@ class ChainCode:
     @property
     def log_snr(self) -> torch.Tensor:
         return log_snr_grid(torch.tensor(self.alpha_bar, dtype=torch.float64))
+
+    @property
+    def decoder_log_scale(self) -> float:
+        """log σ_1 = ½ log sigmoid(−λ_1): the width of the discretized decoder p_θ(x_0 | x_1)."""
+        return 0.5 * torch.nn.functional.logsigmoid(-self.log_snr[1]).item()
 
     def coefs(self, t: int) -> tuple[float, float, float]:
         """(c_0, c_t, σ̃_t) of q(x_{t-1} | x_t, x_0), t = 2..T."""
@@ -190,23 +201,78 @@ def pixel_probabilities(x0_hat: torch.Tensor, log_scale: float, bins: int) -> np
     return lp.reshape(n, bins).exp().numpy()
 
 
+def coded_denoiser(denoiser):
+    """The denoiser as the coder evaluates it: ``D(x_t, log_snr)`` in float64, x̂_0 clipped to
+    the data range [−1, 1] (a prediction outside it can only be wrong), rounded to :data:`X0_GRID`.
+    """
+
+    def coded(x: torch.Tensor, log_snr: torch.Tensor) -> torch.Tensor:
+        out = denoiser(x, log_snr).double()
+        return torch.round(out.clamp(-1.0, 1.0) / X0_GRID) * X0_GRID
+
+    return coded
+
+
+def coder_terms(denoiser, code: ChainCode) -> TermsFn:
+    """The negative ELBO of the model that :func:`encode` codes with, the bound of its net rate.
+
+    The model is :func:`coded_denoiser` (x̂_0 clipped to [−1, 1]) on the code's levels
+    ``code.log_snr``, with the coder's discretized decoder (``code.bins`` levels, log-scale
+    ``code.decoder_log_scale``); every step of the chain is evaluated
+    (:func:`~diffusion_lessons.objectives.discrete_time.nelbo_terms_exact_sum`). Its latents are
+    continuous, where the coder's lie on lattices (:class:`~.grids.LatentGrid`).
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``D(x_t, log_snr) -> x̂_0``, as passed to :func:`encode`.
+    code : ChainCode
+        The chain: time grid and pixel levels.
+
+    Returns
+    -------
+    terms_fn : callable
+        ``terms_fn(x0, generator=None) -> {"prior", "reconstruction", "diffusion", "total"}``,
+        each ``(B,)`` in nats, for ``x0: (B, ...)`` scaled to [−1, 1] (evaluated in float64); pass
+        it to :func:`~diffusion_lessons.likelihood.evaluate_bits_per_dim`.
+    """
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable D(x_t, log_snr), got {type(denoiser).__name__}")
+    if not isinstance(code, ChainCode):
+        raise TypeError(f"code must be a ChainCode, got {type(code).__name__}")
+    coded, lam, log_scale = coded_denoiser(denoiser), code.log_snr, code.decoder_log_scale
+    decoder_nll = functools.partial(nelbo.discretized_reconstruction_nll, bins=code.bins)
+
+    def terms_fn(x0: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        return nelbo_terms_exact_sum(
+            coded,
+            x0.double(),
+            lam,
+            decoder_nll=decoder_nll,
+            decoder_log_scale=log_scale,
+            generator=generator,
+        )
+
+    return terms_fn
+
+
 class _Chain:
     """Shared pieces of encoding and decoding one batch x_0: (b, ...) through the chain."""
 
     def __init__(self, denoiser, code: ChainCode):
-        self.denoiser, self.code = denoiser, code
+        self.denoiser, self.code = coded_denoiser(denoiser), code
         self.lam = code.log_snr
         self.lat = {i: code.lattice(i) for i in range(1, code.T + 1)}
-        self.log_scale = 0.5 * torch.nn.functional.logsigmoid(-self.lam[1]).item()
+        self.log_scale = code.decoder_log_scale
 
     def x0_hat(self, n: np.ndarray, t: int) -> torch.Tensor:
-        """x̂_0(x_t, λ_t), clipped to the data range [−1, 1] and rounded to :data:`X0_GRID`."""
+        """x̂_0(x_t, λ_t) of :func:`coded_denoiser` (clipped to [−1, 1], on :data:`X0_GRID`)."""
         x = torch.from_numpy(self.lat[t].value(n)).double()
         lam = torch.full((x.shape[0],), self.lam[t].item(), dtype=torch.float64)
-        out = self.denoiser(x, lam).double()
+        out = self.denoiser(x, lam)
         if out.shape != x.shape:
             raise ValueError(f"the denoiser returned {tuple(out.shape)}, expected {tuple(x.shape)}")
-        return torch.round(out.clamp(-1.0, 1.0) / X0_GRID) * X0_GRID
+        return out
 
     def step(self, n_t: np.ndarray, x0, t: int):
         """(reference c_t x_t, mean c_0 x0 + c_t x_t, σ̃_t) of the Gaussian over x_{t-1}:
