@@ -9,18 +9,17 @@ Run once (CPU, one thread is enough for a few images):
 
 The JSON stores the command, per T: file bits/dim, net bits/dim (file minus initial bits), the
 initial-bits overhead, the ledger's bound (Σ KL terms at the coded chain), the negative ELBO of
-the same images at the same time grid for the coder's model (x̂_0 clipped to [−1, 1]; the
-library's ``nelbo_terms_exact_sum``, every step, ``--repeats`` Monte Carlo
-draws per image, with its standard error), seconds per image; the continuous-time bound of the
-same images (``vdm_terms``), the asymptote as T grows; and the baselines gzip, bz2, lzma and PNG
-(WebP lossless if Pillow has it) on the same images and on the whole test set.
+the same images at the same time grid for the coder's model (x̂_0 clipped to [−1, 1];
+``bbans.coder_terms``, every step, ``--repeats`` Monte Carlo draws per image, with its standard
+error), seconds per image; the continuous-time bound of the same images for the same model
+(``vdm_terms`` of ``bbans.coded_denoiser``), the asymptote as T grows; and the baselines gzip,
+bz2, lzma and PNG (WebP lossless if Pillow has it) on the same images and on the whole test set.
 """
 
 from __future__ import annotations
 
 import argparse
 import bz2
-import functools
 import gzip
 import io
 import json
@@ -37,8 +36,7 @@ from diffusion_lessons.coding.commands import load_model
 from diffusion_lessons.coding.grids import LatentGrid
 from diffusion_lessons.data import datasets
 from diffusion_lessons.likelihood import evaluate_bits_per_dim
-from diffusion_lessons.objectives import continuous_time, discrete_time, nelbo
-from diffusion_lessons.objectives.discrete_time import log_snr_grid
+from diffusion_lessons.objectives import continuous_time
 
 
 def baselines(imgs: np.ndarray) -> dict:
@@ -70,11 +68,6 @@ def bound(terms_fn, imgs: np.ndarray, repeats: int) -> tuple[float, float]:
     return out["total"], out["total_se"]
 
 
-def clipped(den):
-    """The coder's model: x̂_0 clipped to the data range [−1, 1] (:meth:`bbans._Chain.x0_hat`)."""
-    return lambda x, log_snr: den(x, log_snr).clamp(-1.0, 1.0)
-
-
 def one(den, sha, sched, imgs, T: int, precision: int, repeats: int) -> dict:
     ab = sched.alpha_bar_grid(T)
     code = bbans.ChainCode(tuple(ab.tolist()), LatentGrid(precision))
@@ -86,14 +79,7 @@ def one(den, sha, sched, imgs, T: int, precision: int, repeats: int) -> dict:
     dec = time.perf_counter() - t0
     header, words = container.read_header(data)
     dims = imgs.size
-    decoder = functools.partial(nelbo.discretized_reconstruction_nll, bins=256)
-    nelbo_bpd, nelbo_se = bound(
-        lambda x, generator: discrete_time.nelbo_terms_exact_sum(
-            clipped(den), x, log_snr_grid(ab), decoder_nll=decoder, generator=generator
-        ),
-        imgs,
-        repeats,
-    )
+    nelbo_bpd, nelbo_se = bound(bbans.coder_terms(den, code), imgs, repeats)
     return {
         "T": T,
         "round_trip": bool(np.array_equal(back, imgs)),
@@ -142,7 +128,7 @@ def main() -> None:
         "rows": rows,
         "continuous_bound_bpd": bound(
             lambda x, generator: continuous_time.vdm_terms(
-                clipped(den), x, schedule=sched, generator=generator
+                bbans.coded_denoiser(den), x, schedule=sched, generator=generator
             ),
             imgs,
             args.continuous_repeats,
