@@ -59,6 +59,22 @@ def sum_except_batch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
 
 
+def check_labels(y: Tensor | int, num_classes: int, *, allow_null: bool, name: str = "y") -> Tensor:
+    """``y`` as a long tensor after checking that every label is a class 0..C−1 (or the null
+    label C, where ``allow_null``); raises a ``ValueError`` naming ``name`` otherwise."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    top = num_classes if allow_null else num_classes - 1
+    if y.numel() and (y.min() < 0 or y.max() > top):
+        allowed = f"0..{top}" + (f" ({num_classes} is the null label)" if allow_null else "")
+        raise ValueError(
+            f"{name} holds unknown labels (values from {y.min().item()} to {y.max().item()}); "
+            f"with {num_classes} classes the allowed labels are {allowed}"
+        )
+    return y.long()
+
+
 def check_time(
     t: Tensor | float, *, name: str = "t", low: float = 0.0, high: float = 1.0
 ) -> Tensor:

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_lessons.checks import check_labels
 from diffusion_lessons.denoisers.denoiser import Cond, Denoiser, alpha_sigma
-from diffusion_lessons.guidance.labelled import check_labels
 from diffusion_lessons.nets.embedding import time_embedding
 
 LogProbY = Callable[[Tensor, Tensor], Tensor]

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from diffusion_lessons.checks import check_positive_int
-from diffusion_lessons.guidance.labelled import TiltedGrid, check_labels
+from diffusion_lessons.checks import check_labels, check_positive_int
+from diffusion_lessons.guidance.labelled import TiltedGrid
 from diffusion_lessons.montecarlo import MeanSE, mean_se
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_lessons.checks import check_positive_int
+from diffusion_lessons.checks import check_labels, check_positive_int
 from diffusion_lessons.nets.embedding import time_embedding
 
 
@@ -95,7 +95,10 @@ class UNetConfig:
     residual blocks per level (one more on the way up); self-attention wherever the side length
     is in ``attn_resolutions``. ``noise_scale`` multiplies the noise input λ before its embedding:
     50 makes the book's log-SNR range (about [−5, 13.3], 18 units) span as many periods of the
-    embedding as DDPM's t × 1000 on t ∈ [0, 1] did.
+    embedding as DDPM's t × 1000 on t ∈ [0, 1] did. ``num_classes``: None for an unconditional
+    model; C for a class-conditional one, whose learned embedding of the label y ∈ 0..C (C the
+    null label of classifier-free guidance, :func:`~diffusion_lessons.guidance.guided.null_label`)
+    is added to the noise embedding (as in the guided U-Nets of Dhariwal & Nichol 2021).
     """
 
     image_size: int = 28
@@ -106,6 +109,7 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (7,)
     dropout: float = 0.1
     noise_scale: float = 50.0
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.image_size, name="image_size")
@@ -122,6 +126,8 @@ class UNetConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if not self.noise_scale > 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale!r}")
+        if self.num_classes is not None:
+            check_positive_int(self.num_classes, name="num_classes")
         factor = 2 ** (len(self.ch_mult) - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -174,7 +180,11 @@ class UNet(nn.Module):
     """ε̂_θ(x_t, λ): ``x: (B, C, H, W)``, ``log_snr: (B,)`` finite → ``(B, C, H, W)``.
 
     H = W = ``config.image_size``. Built from a :class:`UNetConfig`
-    (``UNet(cfg)``) or from keyword arguments (``UNet(ch=64, ch_mult=(1, 2))``).
+    (``UNet(cfg)``) or from keyword arguments (``UNet(ch=64, ch_mult=(1, 2))``). With
+    ``config.num_classes`` set it is ε̂_θ(x_t, λ, y) and ``forward`` takes the labels ``y: (B,)``
+    in 0..C (C the null label), so that
+    :class:`~diffusion_lessons.guidance.guided.Labelled` fixes them as for the 2-D
+    :class:`~diffusion_lessons.guidance.guided.ConditionalMLP`.
     """
 
     def __init__(self, config: UNetConfig | None = None, **kwargs):
@@ -185,6 +195,8 @@ class UNet(nn.Module):
         self.config = cfg
         ch, emb_dim = cfg.ch, 4 * cfg.ch
         self.t_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.num_classes is not None:  # C classes and the null label C
+            self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         # Attention (or an identity, without parameters) after every residual block, decided by
@@ -227,7 +239,27 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: Tensor, log_snr: Tensor) -> Tensor:
+    @property
+    def num_classes(self) -> int | None:
+        """C of a class-conditional model (labels 0..C, C the null label), or None."""
+        return self.config.num_classes
+
+    def _label_embedding(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError("y given to an unconditional UNet (config.num_classes is None)")
+            return None
+        if y is None:
+            raise ValueError(
+                f"this UNet is class-conditional: pass labels y (B,) in 0..{self.num_classes}, "
+                f"{self.num_classes} being the null label (unconditional)"
+            )
+        y = torch.as_tensor(y)
+        if y.shape != (batch,):
+            raise ValueError(f"y must have shape (B,) = ({batch},), got {tuple(y.shape)}")
+        return self.label_emb(check_labels(y, self.num_classes, allow_null=True).to(device))
+
+    def forward(self, x: Tensor, log_snr: Tensor, y: Tensor | None = None) -> Tensor:
         cfg = self.config
         c, s = cfg.in_channels, cfg.image_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
@@ -237,6 +269,9 @@ class UNet(nn.Module):
                 f"log_snr must have shape (B,) = ({x.shape[0]},), got {tuple(log_snr.shape)}"
             )
         emb = self.t_mlp(time_embedding(log_snr * cfg.noise_scale, cfg.ch).to(x.dtype))
+        label = self._label_embedding(y, x.shape[0], x.device)
+        if label is not None:
+            emb = emb + label.to(emb.dtype)
         h = self.conv_in(x)
         hs = [h]
         for level in self.down:
