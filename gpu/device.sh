@@ -21,7 +21,6 @@ print('torch', torch.__version__, torch.cuda.get_device_name() if c else 'sees n
 } > "$OUT/gpu.txt" 2>&1
 item=${1:?which item: bench, likelihood or chapters}
 shift
-set -o pipefail
 case "$item" in
   bench) python3 benchmarks/bench_train.py --json "$OUT/bench_train.json" "$@" ;;
   likelihood) python3 gpu/mnist_likelihood.py "$@" ;;

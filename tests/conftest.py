@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,17 @@ def chapters() -> list[Path]:
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     return [REPO / f"{f}.md" for f in files if f.startswith("notebooks/")]
+
+
+def load_script(path: Path):
+    """A script that is no package module (``benchmarks/``, ``gpu/``, ``book/_ext/``), imported
+    from its file under its own name and registered in ``sys.modules``, where dataclasses look
+    their module up."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

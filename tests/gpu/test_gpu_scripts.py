@@ -2,13 +2,12 @@
 spent on a bug. The outputs must also fit what a device command can bring back: at most 8 files
 of at most 16 MiB each, named in letters, digits, '.', '_' and '-'."""
 
-import importlib.util
 import json
 import re
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,10 +15,7 @@ RETURN_FILES, RETURN_BYTES = 8, 16 * 2**20
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "gpu" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "gpu" / f"{name}.py")
 
 
 def _fits_the_return_limits(folder):

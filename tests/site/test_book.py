@@ -11,7 +11,6 @@ beside it (both named at the end of the run).
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, REPORT_LINES, chapters
+from conftest import REPO, REPORT_LINES, chapters, load_script
 
 CHAPTER_PAGES = [md.relative_to(REPO).with_suffix(".html") for md in chapters()]
 MAX_PAGE_BYTES = 5 * 1024 * 1024
@@ -34,10 +33,7 @@ EXT = REPO / "book" / "_ext" / "offline_html.py"
 
 
 def _offline_html():
-    spec = importlib.util.spec_from_file_location("offline_html", EXT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXT)
 
 
 def _site_pages(root: Path) -> list[Path]:

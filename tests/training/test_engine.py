@@ -3,7 +3,6 @@
 import dataclasses
 import os
 import socket
-import sys
 import warnings
 
 import pytest
@@ -414,16 +413,9 @@ def test_cli_eval_checks_the_ema_weights(tmp_path):
 
 def test_benchmark_script_runs_at_tiny_size(capsys, monkeypatch):
     """Smoke test of benchmarks/bench_train.py (the GPU numbers come from a GPU session)."""
-    import importlib.util
+    from conftest import REPO, load_script
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_train", REPO / "benchmarks" / "bench_train.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_train", bench)  # dataclasses look the module up
-    spec.loader.exec_module(bench)
+    bench = load_script(REPO / "benchmarks" / "bench_train.py")
     timed = []  # the benchmark times the engine's own step, not a copy of it
     step = optimization.train_step
     monkeypatch.setattr(optimization, "train_step", lambda *a: timed.append(1) or step(*a))
