@@ -92,3 +92,42 @@ def test_time_embedding_and_mlp_shapes():
         net(torch.zeros(2, 2), torch.zeros(3))
     with pytest.raises(ValueError, match="dim must be even"):
         embedding.time_embedding(t, 5)
+
+
+def test_a_batch_at_one_noise_level_is_embedded_once_with_the_same_values_and_gradients():
+    from diffusion_lessons.guidance import guided
+
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(8, 16), nn.SiLU(), nn.Linear(16, 16))
+    t = torch.full((5,), 0.7)
+    shared = embedding.embed_noise(head, t, 8, torch.float32)
+    assert shared.shape == (5, 16)
+    # independently: each row through the MLP on its own
+    rows = torch.cat([head(embedding.time_embedding(t[i : i + 1], 8)) for i in range(5)])
+    # a one-row against a five-row float32 product: rounding of sums of 16 terms of order 1
+    torch.testing.assert_close(shared, rows, rtol=1e-6, atol=1e-6)
+    # the networks that use it: a batch at one level against the row-by-row path, forced by
+    # moving the last row's level one float32 step (which moves the output by about 1e-7)
+    apart = t.clone()
+    apart[-1] = torch.nextafter(apart[-1], torch.tensor(1.0))
+    x = torch.randn(5, 2)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    for net, call in (
+        (mlp.MLPDenoiser(dim=2, hidden=16, depth=2, emb_dim=8), lambda n, c: n(x, c)),
+        (
+            guided.ConditionalMLP(dim=2, num_classes=3, hidden=16, depth=2, emb_dim=8),
+            lambda n, c: n(x, c, y),
+        ),
+        (
+            guided.NoiseAwareClassifier(dim=2, num_classes=3, hidden=16, emb_dim=8),
+            lambda n, c: n(x, c),
+        ),
+    ):
+        outs, grads = [], []
+        for c in (t, apart):
+            out = call(net, c)
+            outs.append(out)
+            grads.append(torch.autograd.grad(out.square().sum(), list(net.parameters())))
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+        for g_shared, g_rows in zip(*grads, strict=True):
+            torch.testing.assert_close(g_shared, g_rows, rtol=1e-4, atol=1e-5)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from diffusion_lessons.checks import check_labels
 from diffusion_lessons.denoisers.denoiser import Cond, Denoiser, alpha_sigma
-from diffusion_lessons.nets.embedding import time_embedding
+from diffusion_lessons.nets.embedding import embed_noise
 
 LogProbY = Callable[[Tensor, Tensor], Tensor]
 """``log p(y | x_t)``: ``(x_t (B, ...), log_snr (B,)) → (B,)``, for labels fixed beforehand."""
@@ -104,9 +104,8 @@ class ConditionalMLP(nn.Module):
                 f"{tuple(torch.as_tensor(y).shape)}"
             )
         y = check_labels(y, self.num_classes, allow_null=True).to(x.device)
-        emb = self.t_mlp(
-            time_embedding(c * self.noise_scale, self.emb_dim).to(x.dtype)
-        ) + self.label_emb(y)
+        emb = embed_noise(self.t_mlp, c * self.noise_scale, self.emb_dim, x.dtype)
+        emb = emb + self.label_emb(y)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)
@@ -223,7 +222,7 @@ class NoiseAwareClassifier(nn.Module):
                 f"need x with {self.dim} values per row and c: (B,) = ({x.shape[0]},), got "
                 f"{x.shape[1]} values and c of shape {tuple(c.shape)}"
             )
-        emb = self.t_mlp(time_embedding(c * self.noise_scale, self.emb_dim).to(x.dtype))
+        emb = embed_noise(self.t_mlp, c * self.noise_scale, self.emb_dim, x.dtype)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)

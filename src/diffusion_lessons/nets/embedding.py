@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def time_embedding(t: Tensor, dim: int, *, max_period: float = 10_000.0) -> Tensor:
@@ -37,3 +37,15 @@ def time_embedding(t: Tensor, dim: int, *, max_period: float = 10_000.0) -> Tens
     )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def embed_noise(mlp: nn.Module, t: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    """``mlp(time_embedding(t, dim))`` in ``dtype``, for ``t: (B,)`` → ``(B, hidden)``.
+
+    A batch whose rows share one noise level (every step of a sampler) is embedded once and
+    broadcast to the B rows, a read-only view; a batch of mixed levels (training) row by row. The
+    two give the same values up to the rounding of a one-row against a B-row matrix product.
+    """
+    if t.ndim == 1 and t.shape[0] > 1 and bool((t == t[0]).all()):
+        return mlp(time_embedding(t[:1], dim).to(dtype)).expand(t.shape[0], -1)
+    return mlp(time_embedding(t, dim).to(dtype))

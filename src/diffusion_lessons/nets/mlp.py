@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from diffusion_lessons.nets.embedding import time_embedding
+from diffusion_lessons.nets.embedding import embed_noise
 
 
 class MLPDenoiser(nn.Module):
@@ -42,7 +42,7 @@ class MLPDenoiser(nn.Module):
                 f"the noise input c must have shape (B,) = ({x.shape[0]},), got {tuple(c.shape)}"
             )
         # the sinusoids are float32 (as in training); the MLP runs in the dtype of x (float64 to code)
-        emb = self.t_mlp(time_embedding(c * self.noise_scale, self.emb_dim).to(x.dtype))
+        emb = embed_noise(self.t_mlp, c * self.noise_scale, self.emb_dim, x.dtype)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h + emb)
