@@ -2,6 +2,7 @@
 # Issue 11: the one entry point of every device command (gpu/README.md gives the calls).
 #   bash gpu/device.sh bench                      # item 1: benchmarks/bench_train.py
 #   bash gpu/device.sh likelihood ARGS...         # item 2: gpu/mnist_likelihood.py ARGS
+#   bash gpu/device.sh guidance ARGS...           # item 3: gpu/mnist_guidance.py ARGS
 #   bash gpu/device.sh chapters ARGS...           # item 5: gpu/run_chapters.py ARGS
 # It installs .gpu/wheels (gpu/prepare.sh, carried) into /tmp/site, puts src/ and that on the
 # path, points the data at .gpu/data, records the GPU in $OUT/gpu.txt, and runs the item with
@@ -19,11 +20,12 @@ mkdir -p "$OUT"
   python3 -c "import torch; c = torch.cuda.is_available()
 print('torch', torch.__version__, torch.cuda.get_device_name() if c else 'sees no CUDA device')"
 } > "$OUT/gpu.txt" 2>&1
-item=${1:?which item: bench, likelihood or chapters}
+item=${1:?which item: bench, likelihood, guidance or chapters}
 shift
 case "$item" in
   bench) python3 benchmarks/bench_train.py --json "$OUT/bench_train.json" "$@" ;;
   likelihood) python3 gpu/mnist_likelihood.py "$@" ;;
+  guidance) python3 gpu/mnist_guidance.py "$@" ;;
   chapters) python3 gpu/run_chapters.py --out "$OUT" "$@" ;;
-  *) echo "unknown item $item: bench, likelihood or chapters"; exit 2 ;;
+  *) echo "unknown item $item: bench, likelihood, guidance or chapters"; exit 2 ;;
 esac 2>&1 | tee "$OUT/log.txt"

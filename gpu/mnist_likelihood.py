@@ -30,15 +30,9 @@ import torch
 
 from diffusion_lessons.cli import positive_float, positive_int
 from diffusion_lessons.training import config, engine, pretrained
+from diffusion_lessons.training.distributed import describe_device
 
 SECONDS_FILE = "seconds.json"
-
-
-def device_label(device: torch.device) -> str:
-    """The device in words, for the JSON: the GPU's name, or the CPU."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (PyTorch {torch.__version__})"
-    return f"CPU (PyTorch {torch.__version__})"
 
 
 def train(args: argparse.Namespace, device: torch.device) -> dict:
@@ -79,10 +73,10 @@ def export(args: argparse.Namespace, device: torch.device, record: dict) -> None
     info = {
         "train_command": " && ".join(c["command"] for c in record["calls"]),
         "export_command": args.command,
-        "device": device_label(device),
+        "device": describe_device(device),
         "training_seconds": record["seconds"],
         "training_calls": record["calls"],
-        "label": f"trained for {record['seconds'] / 60:.1f} minutes on one {device_label(device)}",
+        "label": f"trained for {record['seconds'] / 60:.1f} minutes on one {describe_device(device)}",
     }
     weights, info_path = pretrained.export_pretrained(
         Path(args.run) / "checkpoint.safetensors",

@@ -68,6 +68,64 @@ def test_shipped_gpu_preset_fits_the_return_limit_as_float16():
     assert config.PRESETS["mnist-gpu"].objective == "vdm"  # the continuous-time bound
 
 
+def test_guidance_run_trains_both_models_and_exports_the_sweep(tmp_path, capsys):
+    """One call trains the conditional U-Net and the classifier, exports the U-Net as a shipped
+    checkpoint (measured as its unconditional half) and the classifier, and writes the sweep:
+    a row per weight and guidance, measured on samples of every class."""
+    from diffusion_lessons.training import classifier, pretrained
+
+    script = _load("mnist_guidance")
+    run, out = tmp_path / "run", tmp_path / "out"
+    argv = ["--config", "tiny-cfg", "--run", str(run), "--out", str(out), "--n", "32"]
+    small = ["--per-class", "2", "--steps", "3", "--weights", "0", "3"]
+    assert script.main([*argv, "--cfg-seconds", "600", "--clf-seconds", "1e-9"]) == 0
+    assert not out.exists(), "nothing to bring back before --export"
+    assert script.main([*argv, *small, "--export"]) == 0  # from the run's record
+    result = json.loads((out / "guidance.json").read_text())
+    assert result["training"]["cfg"]["step"] == 4
+    assert result["training"]["classifier"]["steps"] == 50  # the first time check
+    rows = result["sweep"]["rows"]
+    assert [(r["guidance"], r["w"]) for r in rows] == [
+        ("classifier-free", 0.0),
+        ("classifier", 0.0),
+        ("classifier-free", 3.0),
+        ("classifier", 3.0),
+    ]
+    assert all(0 <= r["accuracy"] <= 1 and r["frechet_distance"] >= 0 for r in rows)
+    pre = pretrained.read_weights(out / "mnist-cfg.safetensors")
+    assert pre.model.num_classes == 10 and pre.config.label_dropout == 0.2
+    record = json.loads((out / "mnist-cfg.json").read_text())
+    assert set(record["bits_per_dim"]) == {"vdm"} and record["test_images"] == 32
+    clf, info = classifier.read_classifier(out / "mnist-classifier.safetensors")
+    assert clf.num_classes == 10 and set(info["accuracy"]) == {"8", "4", "0", "-4"}
+    assert "classifier-free w = 3" in capsys.readouterr().out
+    _fits_the_return_limits(out)
+    with pytest.raises(SystemExit):
+        script.main(["--config", "tiny", "--run", str(run), "--out", str(out)])
+
+
+def test_guidance_presets_fit_the_checkpoint_budget_beside_the_likelihood_model():
+    """mnist-gpu's U-Net, mnist-gpu-cfg's and its classifier, all as float16, stay under the
+    25 MB of shipped checkpoints (tests/training/test_pretrained.py), and each fits a return."""
+    import dataclasses
+
+    from diffusion_lessons.nets.unet import UNet, UNetClassifier, count_parameters
+    from diffusion_lessons.training import config
+
+    cfg = config.PRESETS["mnist-gpu-cfg"]
+    sizes = [
+        2 * count_parameters(UNet(config.PRESETS["mnist-gpu"].unet_config())),
+        2 * count_parameters(UNet(cfg.unet_config())),
+        2
+        * count_parameters(
+            UNetClassifier(dataclasses.replace(cfg.unet_config(), num_classes=None), 10)
+        ),
+    ]
+    assert sum(sizes) < 25 * 10**6 - 2 * 2**20, sizes  # with room for headers and JSON
+    assert all(s < RETURN_BYTES - 2**20 for s in sizes)
+    assert cfg.num_classes == 10 and cfg.label_dropout > 0 and cfg.objective == "eps"
+
+
 def test_chapter_runner_times_each_chapter_and_keeps_to_its_deadline(tmp_path):
     script = _load("run_chapters")
     chapters = tmp_path / "chapters"
@@ -101,6 +159,7 @@ def test_device_script_names_every_item():
         ("bench", "benchmarks/bench_train.py"),
         ("likelihood", "gpu/mnist_likelihood.py"),
         ("chapters", "gpu/run_chapters.py"),
+        ("guidance", "gpu/mnist_guidance.py"),
     ]:
         assert f"{item})" in text and target in text
         assert f"gpu/device.sh {item}" in readme

@@ -195,3 +195,48 @@ def test_label_embedding_learns():
     loss = ((model(x, lam, y) - y.float()[:, None, None, None]) ** 2).mean()
     loss.backward()
     assert model.label_emb.weight.grad.abs().sum(1).min() > 0  # every label's row, null too
+
+
+def _digit_classifier_config():
+    return unet.UNetConfig(
+        image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0
+    )
+
+
+def test_unet_classifier_is_the_unets_way_down_with_a_pooled_head():
+    """The classifier's encoder has exactly the U-Net's modules of the way down and the middle
+    (same names, same shapes, same initial values from the same seed), and a head of K logits;
+    it refuses a label-taking config and a bad number of classes."""
+    cfg = _digit_classifier_config()
+    torch.manual_seed(0)
+    clf = unet.UNetClassifier(cfg, num_classes=10)
+    torch.manual_seed(0)
+    full = unet.UNet(cfg)
+    shared = {k: v for k, v in clf.state_dict().items() if not k.startswith(("head", "norm_out"))}
+    for k, v in shared.items():
+        assert torch.equal(v, full.state_dict()[k]), k
+    assert not any(k.startswith("up") for k in clf.state_dict())
+    x, lam = torch.randn(5, 1, 8, 8), torch.linspace(-4, 6, 5)
+    assert clf(x, lam).shape == (5, 10) and clf.features(x, lam).shape == (5, 16)
+    with pytest.raises(ValueError, match="a UNetClassifier takes no labels"):
+        unet.UNetClassifier(dataclasses.replace(cfg, num_classes=10), num_classes=10)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+        unet.UNetClassifier(cfg, num_classes=0)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\)"):
+        clf(torch.randn(5, 1, 7, 7), lam)
+
+
+def test_unet_classifier_gives_classifier_guidance_its_gradient():
+    """guided.classifier_log_prob of the classifier is log softmax at the label, and its
+    gradient in x_t (what classifier_guided adds) is finite and nonzero."""
+    from diffusion_lessons.guidance import guided
+
+    torch.manual_seed(0)
+    clf = unet.UNetClassifier(_digit_classifier_config(), num_classes=10).eval()
+    x, lam = torch.randn(4, 1, 8, 8), torch.zeros(4)
+    log_p = guided.classifier_log_prob(clf, 3, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(log_p(x, lam), torch.log_softmax(clf(x, lam), 1)[:, 3])
+    xt = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(log_p(xt, lam).sum(), xt)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -76,7 +76,8 @@ IDX_FILES = {
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One image data set: its ``name``, image ``shape`` (C, H, W) and number of pixel levels ``bins``.
+    """One image data set: its ``name``, image ``shape`` (C, H, W), number of pixel levels ``bins``
+    and of classes ``num_classes`` (labels 0..num_classes − 1).
 
     Pixel k of 0..bins−1 is the value 2k/(bins − 1) − 1 in [−1, 1]. A downloaded set also has
     the SHA-256 of each IDX file (keys of ``IDX_FILES``) and the ``mirrors`` that serve them;
@@ -88,6 +89,7 @@ class DatasetSpec:
     bins: int
     sha256: Mapping[str, str] = field(default_factory=dict)
     mirrors: tuple[str, ...] = ()
+    num_classes: int = 10
 
     @property
     def dim(self) -> int:
@@ -297,6 +299,13 @@ def load_mnist(
     return torch.from_numpy(x.copy()), torch.from_numpy(y.astype(np.int64))
 
 
+def _check_request(name: str, split: str, limit: int | None) -> None:
+    check_choice(name, tuple(DATASETS), name="dataset")
+    check_choice(split, ("train", "test"), name="split")
+    if limit is not None:
+        check_positive_int(limit, name="limit")
+
+
 def load_images(
     name: str,
     split: str = "train",
@@ -312,11 +321,24 @@ def load_images(
     flat vectors takes ``load_images(...).flatten(1)``, shape ``(N, D)`` with
     D = ``DATASETS[name].dim``. ``root`` and ``download`` are as in :func:`load_mnist`.
     """
-    check_choice(name, tuple(DATASETS), name="dataset")
-    check_choice(split, ("train", "test"), name="split")
-    if limit is not None:
-        check_positive_int(limit, name="limit")
+    _check_request(name, split, limit)
     if name == "digits":
         return load_digits(split)[0][:limit]
     raw, _ = load_mnist(split, name=name, root=root, download=download)
     return scale_images(raw[:limit], max_value=DATASETS[name].bins - 1)
+
+
+def load_labels(
+    name: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    download: bool = True,
+) -> Tensor:
+    """The class labels of the images :func:`load_images` returns for the same arguments: int64
+    ``(N,)`` in 0..``DATASETS[name].num_classes`` − 1, row k the label of image k."""
+    _check_request(name, split, limit)
+    if name == "digits":
+        return load_digits(split)[1][:limit]
+    return load_mnist(split, name=name, root=root, download=download)[1][:limit]

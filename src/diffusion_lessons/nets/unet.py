@@ -176,6 +176,70 @@ def mnist_config(small: bool = False) -> UNetConfig:
     return UNetConfig(image_size=28, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2)
 
 
+def _attn_or_identity(cfg: UNetConfig, channels: int, res: int) -> nn.Module:
+    """Attention (or an identity, without parameters) after a residual block, decided by the
+    side length ``res`` of its level."""
+    return AttnBlock(channels) if res in cfg.attn_resolutions else nn.Identity()
+
+
+def _build_encoder(net: nn.Module, cfg: UNetConfig) -> tuple[list[int], int, int]:
+    """Give ``net`` the U-Net's noise embedding (``t_mlp``, and ``label_emb`` with
+    ``cfg.num_classes``), its way down (``conv_in``, ``down``) and its middle (``mid1``,
+    ``mid_attn``, ``mid2``), created in this order; returns the channels of the skip
+    connections, the channels and the side length at the bottom. :class:`UNet` and
+    :class:`UNetClassifier` share it."""
+    ch, emb_dim = cfg.ch, 4 * cfg.ch
+    net.t_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+    if cfg.num_classes is not None:  # C classes and the null label C
+        net.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
+    net.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+    net.down = nn.ModuleList()
+    skip_chs, cur, res = [ch], ch, cfg.image_size
+    for level, mult in enumerate(cfg.ch_mult):
+        blocks = nn.ModuleList()
+        for _ in range(cfg.num_res_blocks):
+            blocks.append(ResBlock(cur, ch * mult, emb_dim, cfg.dropout))
+            cur = ch * mult
+            skip_chs.append(cur)
+        attn = nn.ModuleList(_attn_or_identity(cfg, cur, res) for _ in range(cfg.num_res_blocks))
+        net.down.append(nn.ModuleDict({"res": blocks, "attn": attn}))
+        if level < len(cfg.ch_mult) - 1:
+            net.down[-1]["downsample"] = nn.Conv2d(cur, cur, 3, stride=2, padding=1)
+            skip_chs.append(cur)
+            res //= 2
+    net.mid1 = ResBlock(cur, cur, emb_dim, cfg.dropout)
+    net.mid_attn = AttnBlock(cur)
+    net.mid2 = ResBlock(cur, cur, emb_dim, cfg.dropout)
+    return skip_chs, cur, res
+
+
+def _noise_embedding(net: nn.Module, cfg: UNetConfig, x: Tensor, log_snr: Tensor) -> Tensor:
+    """``net.t_mlp`` of the embedding of λ × ``noise_scale``, after checking the inputs' shapes."""
+    c, s = cfg.in_channels, cfg.image_size
+    if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
+        raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
+    if log_snr.shape != (x.shape[0],):
+        raise ValueError(
+            f"log_snr must have shape (B,) = ({x.shape[0]},), got {tuple(log_snr.shape)}"
+        )
+    return net.t_mlp(time_embedding(log_snr * cfg.noise_scale, cfg.ch).to(x.dtype))
+
+
+def _encode(net: nn.Module, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The way down and the middle of :func:`_build_encoder`'s modules: the bottom features and
+    the skip connections, from the first (``conv_in``'s output) to the last."""
+    h = net.conv_in(x)
+    hs = [h]
+    for level in net.down:
+        for res, attn in zip(level["res"], level["attn"], strict=True):
+            h = attn(res(h, emb))
+            hs.append(h)
+        if "downsample" in level:
+            h = level["downsample"](h)
+            hs.append(h)
+    return net.mid2(net.mid_attn(net.mid1(h, emb)), emb), hs
+
+
 class UNet(nn.Module):
     """ε̂_θ(x_t, λ): ``x: (B, C, H, W)``, ``log_snr: (B,)`` finite → ``(B, C, H, W)``.
 
@@ -194,34 +258,8 @@ class UNet(nn.Module):
         cfg = config if config is not None else UNetConfig(**kwargs)
         self.config = cfg
         ch, emb_dim = cfg.ch, 4 * cfg.ch
-        self.t_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if cfg.num_classes is not None:  # C classes and the null label C
-            self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-
-        # Attention (or an identity, without parameters) after every residual block, decided by
-        # the side length ``res`` of that level.
-        def attn_or_identity(channels: int, res: int) -> nn.Module:
-            return AttnBlock(channels) if res in cfg.attn_resolutions else nn.Identity()
-
-        self.down = nn.ModuleList()
-        skip_chs, cur, res = [ch], ch, cfg.image_size
+        skip_chs, cur, res = _build_encoder(self, cfg)
         n_levels = len(cfg.ch_mult)
-        for level, mult in enumerate(cfg.ch_mult):
-            blocks = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(cur, ch * mult, emb_dim, cfg.dropout))
-                cur = ch * mult
-                skip_chs.append(cur)
-            attn = nn.ModuleList(attn_or_identity(cur, res) for _ in range(cfg.num_res_blocks))
-            self.down.append(nn.ModuleDict({"res": blocks, "attn": attn}))
-            if level < n_levels - 1:
-                self.down[-1]["downsample"] = nn.Conv2d(cur, cur, 3, stride=2, padding=1)
-                skip_chs.append(cur)
-                res //= 2
-        self.mid1 = ResBlock(cur, cur, emb_dim, cfg.dropout)
-        self.mid_attn = AttnBlock(cur)
-        self.mid2 = ResBlock(cur, cur, emb_dim, cfg.dropout)
         self.up = nn.ModuleList()
         for level in reversed(range(n_levels)):
             out = ch * cfg.ch_mult[level]
@@ -229,7 +267,9 @@ class UNet(nn.Module):
             for _ in range(cfg.num_res_blocks + 1):
                 blocks.append(ResBlock(cur + skip_chs.pop(), out, emb_dim, cfg.dropout))
                 cur = out
-            attn = nn.ModuleList(attn_or_identity(cur, res) for _ in range(cfg.num_res_blocks + 1))
+            attn = nn.ModuleList(
+                _attn_or_identity(cfg, cur, res) for _ in range(cfg.num_res_blocks + 1)
+            )
             self.up.append(nn.ModuleDict({"res": blocks, "attn": attn}))
             if level > 0:
                 self.up[-1]["upsample"] = nn.Conv2d(cur, cur, 3, padding=1)
@@ -257,37 +297,60 @@ class UNet(nn.Module):
         y = torch.as_tensor(y)
         if y.shape != (batch,):
             raise ValueError(f"y must have shape (B,) = ({batch},), got {tuple(y.shape)}")
-        return self.label_emb(check_labels(y, self.num_classes, allow_null=True).to(device))
+        if not torch.compiler.is_compiling():  # a compiled training step has checked labels
+            y = check_labels(y, self.num_classes, allow_null=True)
+        return self.label_emb(y.to(device))
 
     def forward(self, x: Tensor, log_snr: Tensor, y: Tensor | None = None) -> Tensor:
         cfg = self.config
-        c, s = cfg.in_channels, cfg.image_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s):
-            raise ValueError(f"x must have shape (B, {c}, {s}, {s}), got {tuple(x.shape)}")
-        if log_snr.shape != (x.shape[0],):
-            raise ValueError(
-                f"log_snr must have shape (B,) = ({x.shape[0]},), got {tuple(log_snr.shape)}"
-            )
-        emb = self.t_mlp(time_embedding(log_snr * cfg.noise_scale, cfg.ch).to(x.dtype))
+        emb = _noise_embedding(self, cfg, x, log_snr)
         label = self._label_embedding(y, x.shape[0], x.device)
         if label is not None:
             emb = emb + label.to(emb.dtype)
-        h = self.conv_in(x)
-        hs = [h]
-        for level in self.down:
-            for res, attn in zip(level["res"], level["attn"], strict=True):
-                h = attn(res(h, emb))
-                hs.append(h)
-            if "downsample" in level:
-                h = level["downsample"](h)
-                hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h, hs = _encode(self, x, emb)
         for level in self.up:
             for res, attn in zip(level["res"], level["attn"], strict=True):
                 h = attn(res(torch.cat([h, hs.pop()], dim=1), emb))
             if "upsample" in level:
                 h = level["upsample"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class UNetClassifier(nn.Module):
+    """A noise-aware classifier of images: ``(x_t (B, C, H, W), λ (B,)) → logits (B, K)``.
+
+    The U-Net's way down and middle (:class:`UNet`'s modules, built from the same
+    :class:`UNetConfig`, which must be unconditional) on x_t and the embedding of λ, then
+    GroupNorm, SiLU, the mean over positions and a linear layer to ``num_classes`` logits: the
+    classifier of guided diffusion (Dhariwal & Nichol 2021), the encoder half of their U-Net,
+    pooled by a plain average rather than their attention pooling. It takes λ as its noise
+    input, as :class:`~diffusion_lessons.guidance.guided.NoiseAwareClassifier` does by default,
+    so :func:`~diffusion_lessons.guidance.guided.classifier_log_prob` and
+    :func:`~diffusion_lessons.guidance.guided.classifier_loss` apply to it unchanged.
+    """
+
+    def __init__(self, config: UNetConfig, num_classes: int):
+        super().__init__()
+        if config.num_classes is not None:
+            raise ValueError(
+                "a UNetClassifier takes no labels: pass a config with num_classes=None "
+                f"(got {config.num_classes}), and the number of classes as num_classes"
+            )
+        check_positive_int(num_classes, name="num_classes")
+        self.config, self.num_classes = config, num_classes
+        _, cur, _ = _build_encoder(self, config)
+        self.norm_out = nn.GroupNorm(_groups(cur), cur)
+        self.head = nn.Linear(cur, num_classes)
+
+    def features(self, x: Tensor, log_snr: Tensor) -> Tensor:
+        """The pooled features before the last layer: ``(B, channels at the bottom)``."""
+        cfg = self.config
+        emb = _noise_embedding(self, cfg, x, log_snr)
+        h, _ = _encode(self, x, emb)
+        return F.silu(self.norm_out(h)).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor, log_snr: Tensor) -> Tensor:
+        return self.head(self.features(x, log_snr))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,4 +7,5 @@
 - :mod:`~diffusion_lessons.training.distributed`  devices, torchrun processes, out of memory
 - :mod:`~diffusion_lessons.training.engine`         the fast image trainer (GPU, resumable, DDP)
 - :mod:`~diffusion_lessons.training.pretrained`     the book's shipped checkpoints: export, download, load
+- :mod:`~diffusion_lessons.training.classifier`     the noise-aware image classifier of guidance: train, measure, save
 """

@@ -30,6 +30,15 @@ def training_device(device: torch.device | str | None = None, local_rank: int = 
     return dev
 
 
+def describe_device(device: torch.device | str) -> str:
+    """The device in words, for a measurement's record: the GPU's name, or the CPU, and the
+    PyTorch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (PyTorch {torch.__version__})"
+    return f"{device.type.upper()} (PyTorch {torch.__version__})"
+
+
 def distributed_context() -> tuple[int, int, int, bool]:
     """``(rank, world_size, local_rank, initialised_here)`` from torchrun's environment variables.
 

@@ -41,8 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from diffusion_lessons.guidance.guided import drop_labels
 from diffusion_lessons.nets.unet import UNet
-from diffusion_lessons.training.config import TrainConfig, training_images
+from diffusion_lessons.training.config import TrainConfig, training_images, training_labels
 from diffusion_lessons.training.distributed import (
     distributed_context,
     largest_fitting_batch,
@@ -96,23 +97,34 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> Tensor:
 
 
 def step_batch(
-    images: Tensor, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x0, t, eps)`` of this rank's share of the global batch of ``step``.
+    images: Tensor,
+    step: int,
+    cfg: TrainConfig,
+    rank: int = 0,
+    world: int = 1,
+    labels: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """``(x0, t, eps)`` of this rank's share of the global batch of ``step``; with ``labels``
+    (a class-conditional run), ``(x0, t, eps, y)``.
 
-    The global batch (indices; t ~ U(0, 1] as 1 − U[0, 1), so that λ(t) is finite; ε ~ N(0, I))
-    is drawn identically on every rank from generators seeded by ``(seed, step)``; rank r keeps
-    rows r·B/W … (r + 1)·B/W − 1, so W processes compute exactly the gradient of one process on
-    the whole batch.
+    The global batch (indices; t ~ U(0, 1] as 1 − U[0, 1), so that λ(t) is finite; ε ~ N(0, I);
+    each label replaced by the null label ``cfg.num_classes`` with probability
+    ``cfg.label_dropout``, :func:`~diffusion_lessons.guidance.guided.drop_labels`) is drawn
+    identically on every rank from generators seeded by ``(seed, step)``; rank r keeps rows
+    r·B/W … (r + 1)·B/W − 1, so W processes compute exactly the gradient of one process on the
+    whole batch.
     """
     b = cfg.batch_size // world
     rows = slice(rank * b, (rank + 1) * b)
-    idx = batch_indices(step, cfg.batch_size, images.shape[0], cfg.seed)[rows]
-    x0 = images[idx.to(images.device)]
+    idx = batch_indices(step, cfg.batch_size, images.shape[0], cfg.seed).to(images.device)
+    x0 = images[idx[rows]]
     g = torch.Generator(device=images.device).manual_seed(_mix(cfg.seed, step, 1))
     t = 1.0 - torch.rand(cfg.batch_size, generator=g, device=images.device)[rows]
     eps = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g, device=images.device)
-    return x0, t, eps[rows]
+    if labels is None:
+        return x0, t, eps[rows]
+    y = drop_labels(labels[idx], cfg.label_dropout, cfg.num_classes, generator=g)
+    return x0, t, eps[rows], y[rows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,10 +154,13 @@ def train(
     progress: bool = True,
     data_root: str | None = None,
     time_limit: float | None = None,
+    labels: Tensor | None = None,
 ) -> TrainResult:
     """Train the U-Net of ``cfg`` for ``cfg.steps`` steps; checkpoint to ``out_dir``.
 
-    ``images`` (float ``(N, C, H, W)`` in [−1, 1]) default to :func:`~diffusion_lessons.training.config.load_images`. With
+    ``images`` (float ``(N, C, H, W)`` in [−1, 1]) default to :func:`~diffusion_lessons.training.config.load_images`;
+    a class-conditional run (``cfg.num_classes > 0``) also takes their ``labels`` (``(N,)``,
+    default :func:`~diffusion_lessons.training.config.training_labels`). With
     ``out_dir``, the state goes to ``out_dir/checkpoint.safetensors`` every
     ``cfg.checkpoint_every`` steps and at the end; an existing checkpoint is only continued with
     ``resume=True`` (and never silently overwritten otherwise). Under torchrun, call it in every
@@ -167,12 +182,22 @@ def train(
         dev = training_device(device, local_rank)
         ckpt = checkpoint_file(out_dir, resume=resume)
         images = training_images(cfg, images, dev, data_root)
+        labels = training_labels(cfg, labels, images.shape[0], dev, data_root)
         torch.manual_seed(cfg.seed)  # the model's initial weights
         model = UNet(cfg.unet_config())
         state = build_state(model, cfg, dev, world=world, resume_from=ckpt if resume else None)
         loss_fn = make_loss_fn(cfg, dev)
         return run_steps(
-            state, images, loss_fn, cfg, ckpt, rank, world, progress=progress, time_limit=time_limit
+            state,
+            images,
+            loss_fn,
+            cfg,
+            ckpt,
+            rank,
+            world,
+            progress=progress,
+            time_limit=time_limit,
+            labels=labels,
         )
     finally:
         if own_group:
@@ -238,6 +263,7 @@ def run_steps(
     *,
     progress: bool = True,
     time_limit: float | None = None,
+    labels: Tensor | None = None,
 ) -> TrainResult:
     """Run :func:`~diffusion_lessons.training.optimization.train_step` from ``state.step`` to ``cfg.steps`` on ``images`` (on the device).
 
@@ -247,6 +273,7 @@ def run_steps(
     writes ``ckpt`` every ``checkpoint_every`` steps and at the end. With ``time_limit``
     (seconds), the run also ends at the first logging step after that long (every process
     stops at the same step: rank 0's clock decides), and the checkpoint is written there.
+    ``labels`` (on the device) make the batches those of a class-conditional run.
     """
     log = _Progress(cfg, state.step, show=progress and rank == 0)
     first, pending = state.step, []
@@ -255,10 +282,10 @@ def run_steps(
         while state.step < cfg.steps:
             torch.manual_seed(_mix(cfg.seed, state.step, 2, rank))  # this step's dropout
             try:
-                batch = step_batch(images, state.step, cfg, rank, world)
+                batch = step_batch(images, state.step, cfg, rank, world, labels)
                 pending.append(train_step(state, batch, loss_fn, cfg))
             except torch.OutOfMemoryError as err:
-                raise oom_error(state, images, loss_fn, cfg, world) from err
+                raise oom_error(state, images, loss_fn, cfg, world, labels) from err
             s = state.step
             if _due(s, cfg.log_every, cfg.steps) or _due(s, cfg.checkpoint_every, cfg.steps):
                 state.losses += mean_over_processes(torch.stack(pending).double(), world).tolist()
@@ -282,7 +309,12 @@ def run_steps(
 
 
 def oom_error(
-    state: TrainState, images: Tensor, loss_fn: LossFn, cfg: TrainConfig, world: int = 1
+    state: TrainState,
+    images: Tensor,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    world: int = 1,
+    labels: Tensor | None = None,
 ) -> RuntimeError:
     """The error to raise when a step ran out of memory: it names a batch size that fits.
 
@@ -291,7 +323,9 @@ def oom_error(
     """
     state.opt.zero_grad(set_to_none=True)
     fits = largest_fitting_batch(
-        lambda b: loss_fn(state.net.eager, *(v[:b] for v in step_batch(images, 0, cfg))).backward(),
+        lambda b: loss_fn(
+            state.net.eager, *(v[:b] for v in step_batch(images, 0, cfg, labels=labels))
+        ).backward(),
         cfg.batch_size // world,
     )
     return RuntimeError(oom_message(cfg.batch_size, fits, world))

@@ -87,8 +87,9 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
-LossFn = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
-"""``loss_fn(forward, x0, t, eps) → scalar``: the loss of one batch through ``forward``."""
+LossFn = Callable[..., Tensor]
+"""``loss_fn(forward, x0, t, eps[, y]) → scalar``: the loss of one batch through ``forward``
+(``y`` the labels of a class-conditional run)."""
 
 
 def make_loss_fn(cfg: TrainConfig, device: torch.device) -> LossFn:
@@ -98,9 +99,11 @@ def make_loss_fn(cfg: TrainConfig, device: torch.device) -> LossFn:
     schedule = get_schedule(cfg.schedule)
     fmt = memory_format(device)
 
-    def loss_fn(forward: nn.Module, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def loss_fn(
+        forward: nn.Module, x0: Tensor, t: Tensor, eps: Tensor, y: Tensor | None = None
+    ) -> Tensor:
         with autocast(device):
-            return objective(schedule, forward, x0.contiguous(memory_format=fmt), t, eps)
+            return objective(schedule, forward, x0.contiguous(memory_format=fmt), t, eps, y)
 
     return loss_fn
 
@@ -127,7 +130,7 @@ def compile_or_eager(net: nn.Module, enabled: bool) -> Network:
 def backward_compiled_or_eager(
     net: Network,
     loss_fn: LossFn,
-    batch: tuple[Tensor, Tensor, Tensor],
+    batch: tuple[Tensor, ...],
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Tensor:
@@ -204,9 +207,10 @@ def build_state(
 
 
 def train_step(
-    state: TrainState, batch: tuple[Tensor, Tensor, Tensor], loss_fn: LossFn, cfg: TrainConfig
+    state: TrainState, batch: tuple[Tensor, ...], loss_fn: LossFn, cfg: TrainConfig
 ) -> Tensor:
-    """Step ``state.step`` on ``batch = (x0, t, eps)``; returns its loss (detached).
+    """Step ``state.step`` on ``batch = (x0, t, eps)`` (``(x0, t, eps, y)`` with labels); returns
+    its loss (detached).
 
     Sets the learning rate (:func:`lr_at`), computes the loss and its gradient
     (:func:`backward_compiled_or_eager`, through ``state.scaler`` under fp16), clips the

@@ -40,7 +40,7 @@ from diffusion_lessons.nets.unet import UNet, count_parameters
 from diffusion_lessons.noise.schedules import get_schedule
 from diffusion_lessons.objectives import continuous_time, discrete_time
 from diffusion_lessons.training import checkpoints
-from diffusion_lessons.training.config import TrainConfig, as_denoiser
+from diffusion_lessons.training.config import TrainConfig, as_denoiser, unconditional_label
 
 PRETRAINED_FORMAT = "diffusion_lessons.pretrained/1"
 """The ``format`` metadata of a shipped checkpoint's safetensors file."""
@@ -86,7 +86,7 @@ def terms_function(model: nn.Module, cfg: TrainConfig, method: str, T: int | Non
     ``model`` (an ε-network trained with ``cfg``): VDM's continuous-time bound (``method="vdm"``)
     or DDPM's discrete bound at ``T`` steps (``method="ddpm"``)."""
     schedule, bins = get_schedule(cfg.schedule), datasets.DATASETS[cfg.dataset].bins
-    denoiser = as_denoiser(model)
+    denoiser = as_denoiser(model, unconditional_label(model))
     if method == "vdm":
         return functools.partial(continuous_time.vdm_terms, denoiser, schedule=schedule, bins=bins)
     if method == "ddpm":
@@ -175,8 +175,9 @@ class Pretrained:
     @property
     def denoiser(self):
         """The model as a :class:`~diffusion_lessons.denoisers.denoiser.Denoiser` (ε-prediction
-        conditioned on the schedule's time, :func:`~diffusion_lessons.training.config.as_denoiser`)."""
-        return as_denoiser(self.model)
+        conditioned on the schedule's time, :func:`~diffusion_lessons.training.config.as_denoiser`;
+        a class-conditional model's unconditional half)."""
+        return as_denoiser(self.model, unconditional_label(self.model))
 
     @property
     def schedule(self):
