@@ -173,7 +173,7 @@ def test_bits_per_dim():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match=r"shapes must agree: x \(2, 3\), mean \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"x has shape \(2, 3\) but mean has shape \(2, 4\)"):
         dist.gaussian_log_prob(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"x must be scaled to \[-1, 1\]"):
         dist.discretized_gaussian_log_prob(

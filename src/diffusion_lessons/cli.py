@@ -28,8 +28,7 @@ import torch
 
 from diffusion_lessons.data import datasets
 from diffusion_lessons.likelihood import evaluate_bits_per_dim
-from diffusion_lessons.nets.unet import UNet
-from diffusion_lessons.training import checkpoints, config, engine, pretrained
+from diffusion_lessons.training import config, engine, pretrained
 
 PROG = "diffusion-lessons"
 """The program's name, as ``--help`` and the error line show it (the console script's name)."""
@@ -180,22 +179,14 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """``eval``: bits/dim of the test set under the checkpoint's EMA weights (checked on load)."""
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt = checkpoints.read_training_state(args.checkpoint)
-    cfg = config.TrainConfig.from_dict(ckpt.config)
-    model = UNet(cfg.unet_config())
-    checkpoints.load_module_state(
-        model,
-        ckpt.state("ema"),
-        path=args.checkpoint,
-        architecture=ckpt.metadata.get("architecture", "?"),
-    )
-    model.to(dev).eval()
+    ema = pretrained.read_training_ema(args.checkpoint)
+    cfg, model = ema.config, ema.model.to(dev)
     images = datasets.load_images(cfg.dataset, "test", root=args.data_root, limit=args.n).to(dev)
     T = args.T if args.method == "ddpm" else None
     terms_fn = pretrained.terms_function(model, cfg, args.method, T)  # as export measures
     bpd = evaluate_bits_per_dim(terms_fn, images, batch_size=args.batch_size)
     print(
-        f"{cfg.dataset} test set, {images.shape[0]} images, EMA weights at step {ckpt.step}, "
+        f"{cfg.dataset} test set, {images.shape[0]} images, EMA weights at step {ema.step}, "
         f"method {args.method}:"
     )
     for name, value in bpd.items():

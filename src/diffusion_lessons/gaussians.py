@@ -11,21 +11,15 @@ import math
 import torch
 from torch import Tensor
 
-from diffusion_lessons.checks import sum_except_batch
+from diffusion_lessons.checks import check_same_shape, sum_except_batch
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-def _check_same_shape(**tensors: Tensor) -> None:
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError("shapes must agree: " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
     """log N(x; mean, diag(exp(log_var))), summed over all but the batch axis: ``(B,)``."""
     mean, log_var = torch.broadcast_tensors(mean, log_var)
-    _check_same_shape(x=x, mean=mean)
+    check_same_shape(x, mean, "x", "mean")
     return sum_except_batch(-0.5 * (LOG_2PI + log_var + (x - mean) ** 2 / log_var.exp()))
 
 
@@ -47,7 +41,7 @@ def kl_diag_gaussians(
 
 def kl_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
     """KL(N(mean, diag exp(log_var)) ‖ N(0, I)) = ½ Σ (var + mean² − 1 − log var): ``(B,)``."""
-    _check_same_shape(mean=mean, log_var=log_var)
+    check_same_shape(mean, log_var, "mean", "log_var")
     return sum_except_batch(0.5 * (log_var.exp() + mean**2 - 1.0 - log_var))
 
 
@@ -86,7 +80,7 @@ def discretized_gaussian_log_prob(
     decoder far from x) and its gradient stays finite; the edge bins are log Φ(b) and log Φ(−a).
     """
     mean, log_scale = torch.broadcast_tensors(mean, log_scale)
-    _check_same_shape(x=x, mean=mean)
+    check_same_shape(x, mean, "x", "mean")
     if x.numel() and (x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6):
         raise ValueError(
             f"x must be scaled to [-1, 1], got values from {x.min().item()} to {x.max().item()}"

@@ -194,20 +194,43 @@ def read_weights(path: str | os.PathLike) -> Pretrained:
             f"{path} is not a shipped checkpoint (format {meta.get('format')!r}); expected "
             f"{PRETRAINED_FORMAT!r} (a training state is exported with `diffusion-lessons export`)"
         )
-    cfg = TrainConfig.from_dict(json.loads(meta["config"]))
-    model = UNet(cfg.unet_config())
     state = {k[len("model/") :]: v.float() for k, v in tensors.items() if k.startswith("model/")}
-    checkpoints.load_module_state(
-        model, state, path=path, architecture=meta.get("architecture", "?")
-    )
-    model.eval()
-    return Pretrained(
-        model=model,
-        config=cfg,
+    return _pretrained(
+        TrainConfig.from_dict(json.loads(meta["config"])),
+        state,
+        path,
+        meta.get("architecture", "?"),
         losses=tensors.get("losses", torch.zeros(0)),
+        step=int(meta.get("step", 0)),
+    )
+
+
+def read_training_ema(path: str | os.PathLike) -> Pretrained:
+    """The EMA weights of a training state (what :func:`export_weights` ships, before any
+    rounding to float16) as a :class:`Pretrained`, checked on load; ``cli eval`` measures it."""
+    ckpt = checkpoints.read_training_state(path)
+    return _pretrained(
+        TrainConfig.from_dict(ckpt.config),
+        ckpt.state("ema"),
+        path,
+        ckpt.metadata.get("architecture", "?"),
+        losses=ckpt.tensors["losses"],
+        step=ckpt.step,
+    )
+
+
+def _pretrained(
+    cfg: TrainConfig, state: dict, path, architecture: str, *, losses: Tensor, step: int
+) -> Pretrained:
+    model = UNet(cfg.unet_config())
+    checkpoints.load_module_state(model, state, path=path, architecture=architecture)
+    return Pretrained(
+        model=model.eval(),
+        config=cfg,
+        losses=losses,
         path=Path(path),
         sha256=sha256_file(path),
-        step=int(meta.get("step", 0)),
+        step=step,
     )
 
 
