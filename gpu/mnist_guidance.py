@@ -182,7 +182,7 @@ def export(args: argparse.Namespace, device: torch.device, record: dict) -> None
         "label": f"class-conditional, trained for {record['cfg']['seconds'] / 60:.1f} minutes "
         f"on one {describe_device(device)}",
     }
-    weights, _ = pretrained.export_pretrained(
+    weights, info_path = pretrained.export_pretrained(
         run / "cfg" / "checkpoint.safetensors",
         out,
         args.name,
@@ -193,6 +193,7 @@ def export(args: argparse.Namespace, device: torch.device, record: dict) -> None
         data_root=args.data_root,
         dtype="float16",
     )
+    print("\n".join(pretrained.export_report(weights, info_path)), flush=True)
     clf, _ = classifier.read_classifier(run / f"{CLASSIFIER_NAME}.safetensors")
     record["classifier"]["device"] = describe_device(device)
     classifier.save_classifier(

@@ -89,14 +89,7 @@ def export(args: argparse.Namespace, device: torch.device, record: dict) -> None
         data_root=args.data_root,
         dtype="float16",
     )
-    saved = json.loads(info_path.read_text())
-    print(f"{weights} ({weights.stat().st_size} bytes)")
-    for key, terms in saved["bits_per_dim"].items():
-        parts = ", ".join(
-            f"{t} {terms[t]:.4f} ± {terms[t + '_se']:.4f}"
-            for t in ("prior", "reconstruction", "diffusion")
-        )
-        print(f"  {key}: {terms['total']:.4f} ± {terms['total_se']:.4f} bits/dim ({parts})")
+    print("\n".join(pretrained.export_report(weights, info_path)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -463,9 +463,22 @@ def export_command(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         dtype=args.weights_dtype,
     )
-    record = json.loads(path.read_text())
-    print(f"{weights} ({weights.stat().st_size} bytes, sha256 {record['weights_sha256']})")
-    print(f"{path} (sha256 {sha256_file(path)})")
-    for key, terms in record["bits_per_dim"].items():
-        print(f"  {key}: {terms['total']:.4f} ± {terms['total_se']:.4f} bits/dim")
+    print("\n".join(export_report(weights, path)))
     return 0
+
+
+def export_report(weights: Path, info_path: Path) -> list[str]:
+    """What an export says: the two files with their sizes and hashes, and each measurement's
+    total and terms in bits/dim with their standard errors (``export``, ``gpu/`` scripts)."""
+    record = json.loads(Path(info_path).read_text())
+    lines = [
+        f"{weights} ({Path(weights).stat().st_size} bytes, sha256 {record['weights_sha256']})",
+        f"{info_path} (sha256 {sha256_file(info_path)})",
+    ]
+    for key, terms in record["bits_per_dim"].items():
+        parts = ", ".join(
+            f"{t} {terms[t]:.4f} ± {terms[t + '_se']:.4f}"
+            for t in ("prior", "reconstruction", "diffusion")
+        )
+        lines.append(f"  {key}: {terms['total']:.4f} ± {terms['total_se']:.4f} bits/dim ({parts})")
+    return lines
