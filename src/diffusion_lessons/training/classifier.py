@@ -31,7 +31,7 @@ from diffusion_lessons.montecarlo import MeanSE
 from diffusion_lessons.nets.unet import UNetClassifier, UNetConfig
 from diffusion_lessons.noise.schedules import get_schedule
 from diffusion_lessons.training import checkpoints
-from diffusion_lessons.training.engine import _mix, batch_indices
+from diffusion_lessons.training.engine import batch_indices, mix_seed
 from diffusion_lessons.training.optimization import amp_dtype, autocast
 
 CLASSIFIER_FORMAT = "diffusion-lessons-classifier-v1"
@@ -91,7 +91,7 @@ def train_classifier(
     step = 0
     while step < steps:
         idx = batch_indices(step, batch_size, images.shape[0], seed).to(device)
-        g = torch.Generator(device=device).manual_seed(_mix(seed, step, 3))
+        g = torch.Generator(device=device).manual_seed(mix_seed(seed, step, 3))
         t = 1.0 - torch.rand(batch_size, generator=g, device=device)
         eps = torch.randn((batch_size, *images.shape[1:]), generator=g, device=device)
         lam = sched.log_snr(t.double()).float()
@@ -127,7 +127,7 @@ def accuracy_by_level(
     device = next(model.parameters()).device
     out = {}
     for lam in log_snrs:
-        g = torch.Generator().manual_seed(_mix(seed, round(1000 * lam)))
+        g = torch.Generator().manual_seed(mix_seed(seed, round(1000 * lam)))
         logits = []
         for k in range(0, images.shape[0], batch_size):
             x0 = images[k : k + batch_size]

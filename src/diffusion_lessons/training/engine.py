@@ -24,8 +24,9 @@ The parts live in four modules, each read in one sitting:
   ``build_state``, ``train_step``, what ``benchmarks/bench_train.py`` times) and the state's
   checkpoint (``save_state``, ``restore_state``);
 - :mod:`~diffusion_lessons.training.distributed`: the device, the processes, out of memory;
-- this module: the batches (:func:`batch_indices`, :func:`step_batch`, t drawn on (0, 1] so that
-  λ stays finite) and the loop (:func:`train`, :func:`run_steps`, :func:`oom_error`).
+- this module: the batches (:func:`mix_seed`, :func:`batch_indices`, :func:`step_batch`, t
+  drawn on (0, 1] so that λ stays finite) and the loop (:func:`train`, :func:`run_steps`,
+  :func:`oom_error`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from diffusion_lessons.training.optimization import (
 # The batches: every random draw of a step is seeded by (seed, step).
 
 
-def _mix(*ints: int) -> int:
+def mix_seed(*ints: int) -> int:
     """A 63-bit seed from a tuple of integers (splitmix-style), so streams do not overlap."""
     h = 0x9E3779B97F4A7C15
     for i in ints:
@@ -76,7 +77,7 @@ def _mix(*ints: int) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> Tensor:
@@ -118,7 +119,7 @@ def step_batch(
     rows = slice(rank * b, (rank + 1) * b)
     idx = batch_indices(step, cfg.batch_size, images.shape[0], cfg.seed).to(images.device)
     x0 = images[idx[rows]]
-    g = torch.Generator(device=images.device).manual_seed(_mix(cfg.seed, step, 1))
+    g = torch.Generator(device=images.device).manual_seed(mix_seed(cfg.seed, step, 1))
     t = 1.0 - torch.rand(cfg.batch_size, generator=g, device=images.device)[rows]
     eps = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g, device=images.device)
     if labels is None:
@@ -280,7 +281,7 @@ def run_steps(
     state.model.train()
     try:
         while state.step < cfg.steps:
-            torch.manual_seed(_mix(cfg.seed, state.step, 2, rank))  # this step's dropout
+            torch.manual_seed(mix_seed(cfg.seed, state.step, 2, rank))  # this step's dropout
             try:
                 batch = step_batch(images, state.step, cfg, rank, world, labels)
                 pending.append(train_step(state, batch, loss_fn, cfg))
