@@ -171,3 +171,29 @@ def test_a_conditional_checkpoint_is_measured_as_its_unconditional_half():
     for name in want:
         torch.testing.assert_close(got[name], want[name])
     assert not torch.allclose(got["diffusion"], class_0["diffusion"])
+
+
+def test_cli_trains_a_conditional_preset_on_the_data_sets_labels_and_evaluates_it(tmp_path, capsys):
+    """`train --config tiny-cfg` reads the digits' labels itself (the same run as engine.train
+    with them), and `eval` measures the unconditional half of the EMA weights."""
+    from diffusion_lessons import cli
+    from diffusion_lessons.training import checkpoints, pretrained
+
+    out = tmp_path / "run"
+    argv = ["train", "--config", "tiny-cfg", "--steps", "3", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    ckpt = checkpoints.read_training_state(out / optimization.CHECKPOINT_NAME)
+    cfg = config.TrainConfig.from_dict(ckpt.config)
+    assert cfg.num_classes == 10 and cfg.label_dropout == 0.2
+    x = datasets.load_images("digits", "train", limit=cfg.max_examples)
+    y = datasets.load_labels("digits", "train", limit=cfg.max_examples)
+    direct = engine.train(cfg, images=x, labels=y, progress=False)
+    assert ckpt.tensors["losses"].tolist() == direct.losses
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(out / optimization.CHECKPOINT_NAME)]) == 0
+    text = capsys.readouterr().out
+    total = next(float(line.split()[1]) for line in text.splitlines() if line.split()[0] == "total")
+    ema = pretrained.read_training_ema(out / optimization.CHECKPOINT_NAME)
+    test_x = datasets.load_images("digits", "test")
+    terms = pretrained.measure(ema.model, cfg, test_x, method="vdm", batch_size=256)
+    assert total == pytest.approx(terms["total"], abs=1e-4)  # eval prints 4 decimals
