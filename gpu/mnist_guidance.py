@@ -48,12 +48,15 @@ def train_models(args: argparse.Namespace, device: torch.device) -> dict:
     """Train the conditional U-Net into ``--run``/cfg and the classifier into ``--run``."""
     run = Path(args.run)
     cfg = config.PRESETS[args.config]
+    images = config.load_images(cfg, root=args.data_root)  # read once, for both models
+    labels = config.training_labels(cfg, None, len(images), torch.device("cpu"), args.data_root)
     result = engine.train(
         cfg,
         run / "cfg",
+        images=images,
+        labels=labels,
         device=device,
         progress=False,
-        data_root=args.data_root,
         time_limit=args.cfg_seconds,
     )
     print(
@@ -61,8 +64,6 @@ def train_models(args: argparse.Namespace, device: torch.device) -> dict:
         f"({result.images_per_second:.0f} images/s), last loss {result.losses[-1]:.4f}",
         flush=True,
     )
-    images = config.load_images(cfg, root=args.data_root)
-    labels = datasets.load_labels(cfg.dataset, root=args.data_root, limit=cfg.max_examples)
     clf_cfg = dataclasses.replace(cfg.unet_config(), num_classes=None, dropout=0.0)
     clf = classifier.train_classifier(
         clf_cfg,

@@ -75,6 +75,17 @@ def check_labels(y: Tensor | int, num_classes: int, *, allow_null: bool, name: s
     return y.long()
 
 
+def check_image_labels(labels: Tensor, num_classes: int, n_images: int) -> Tensor:
+    """``labels`` as a long tensor after checking that it holds one class 0..C−1 per image:
+    shape ``(n_images,)``, no null label (:func:`check_labels`)."""
+    labels = check_labels(labels, num_classes, allow_null=False, name="labels")
+    if labels.shape != (n_images,):
+        raise ValueError(
+            f"labels must have shape ({n_images},), one per image, got {tuple(labels.shape)}"
+        )
+    return labels
+
+
 def check_time(
     t: Tensor | float, *, name: str = "t", low: float = 0.0, high: float = 1.0
 ) -> Tensor:

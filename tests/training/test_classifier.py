@@ -50,7 +50,9 @@ def test_save_and_read_round_trip_without_pickle(tmp_path):
     )
     with torch.no_grad():  # weights rounded to float16: relative error 2^-11 per weight
         torch.testing.assert_close(half(x, lam), model(x, lam), rtol=2e-2, atol=2e-2)
-    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float16'"):
+    with pytest.raises(
+        ValueError, match="unknown dtype 'bfloat16'; choose one of 'float32', 'float16'"
+    ):
         classifier.save_classifier(model, tmp_path / "x.safetensors", dtype="bfloat16")
 
 

@@ -24,15 +24,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffusion_lessons.checks import check_labels, check_positive_int
+from diffusion_lessons.checks import check_choice, check_image_labels, check_positive_int
 from diffusion_lessons.guidance.guided import classifier_loss
 from diffusion_lessons.guidance.metrics import class_accuracy
 from diffusion_lessons.montecarlo import MeanSE
 from diffusion_lessons.nets.unet import UNetClassifier, UNetConfig
 from diffusion_lessons.noise.schedules import get_schedule
 from diffusion_lessons.training import checkpoints
-from diffusion_lessons.training.engine import batch_indices, mix_seed
+from diffusion_lessons.training.engine import batch_draws, mix_seed
 from diffusion_lessons.training.optimization import amp_dtype, autocast
+from diffusion_lessons.training.pretrained import WEIGHT_DTYPES
 
 CLASSIFIER_FORMAT = "diffusion-lessons-classifier-v1"
 """The ``format`` entry of a saved classifier's metadata."""
@@ -66,7 +67,8 @@ def train_classifier(
     """Train a noise-aware classifier for ``steps`` AdamW steps (or until ``time_limit`` seconds).
 
     ``images``: float ``(N, C, H, W)`` in [−1, 1]; ``labels``: ``(N,)`` in 0..``num_classes`` − 1.
-    Batches are epochs of seeded permutations (:func:`~diffusion_lessons.training.engine.batch_indices`).
+    Batches and their draws are the trainer's
+    (:func:`~diffusion_lessons.training.engine.batch_draws`, on a stream of their own).
     """
     check_positive_int(steps, name="steps")
     check_positive_int(batch_size, name="batch_size")
@@ -74,11 +76,7 @@ def train_classifier(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be a number of seconds > 0 or None, got {time_limit!r}")
-    labels = check_labels(labels, num_classes, allow_null=False, name="labels")
-    if labels.shape != (images.shape[0],):
-        raise ValueError(
-            f"labels must have shape ({images.shape[0]},), one per image, got {tuple(labels.shape)}"
-        )
+    labels = check_image_labels(labels, num_classes, images.shape[0])
     device = torch.device(device)
     torch.manual_seed(seed)
     model = UNetClassifier(config, num_classes).to(device)
@@ -90,10 +88,7 @@ def train_classifier(
     model.train()
     step = 0
     while step < steps:
-        idx = batch_indices(step, batch_size, images.shape[0], seed).to(device)
-        g = torch.Generator(device=device).manual_seed(mix_seed(seed, step, 3))
-        t = 1.0 - torch.rand(batch_size, generator=g, device=device)
-        eps = torch.randn((batch_size, *images.shape[1:]), generator=g, device=device)
+        idx, t, eps, _ = batch_draws(images, step, batch_size, seed, stream=3)
         lam = sched.log_snr(t.double()).float()
         with autocast(device) if amp_dtype(device) == torch.bfloat16 else nullcontext():
             loss = classifier_loss(model, images[idx], labels[idx], lam, eps)
@@ -128,11 +123,11 @@ def accuracy_by_level(
     out = {}
     for lam in log_snrs:
         g = torch.Generator().manual_seed(mix_seed(seed, round(1000 * lam)))
+        a, s = math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
         logits = []
         for k in range(0, images.shape[0], batch_size):
             x0 = images[k : k + batch_size]
             eps = torch.randn(x0.shape, generator=g)
-            a, s = math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
             xt = (a * x0 + s * eps).to(device)  # eq-forward-marginal at ᾱ = sigmoid(λ)
             logits.append(model(xt, torch.full((x0.shape[0],), lam, device=device)).float().cpu())
         out[lam] = class_accuracy(torch.cat(logits), labels)
@@ -142,12 +137,12 @@ def accuracy_by_level(
 def save_classifier(
     model: UNetClassifier, path: str | os.PathLike, info: dict | None = None, dtype: str = "float32"
 ) -> Path:
-    """Write ``model`` to ``path`` (safetensors; weights as ``dtype``, "float32" or "float16")
-    with its configuration and the JSON-ready ``info`` in the metadata."""
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    """Write ``model`` to ``path`` (safetensors; weights as ``dtype``, a key of
+    :data:`~diffusion_lessons.training.pretrained.WEIGHT_DTYPES`) with its configuration and the
+    JSON-ready ``info`` in the metadata."""
+    check_choice(dtype, tuple(WEIGHT_DTYPES), name="dtype")
     tensors = {
-        k: v.detach().to("cpu", getattr(torch, dtype)).contiguous()
+        k: v.detach().to("cpu", WEIGHT_DTYPES[dtype]).contiguous()
         for k, v in model.state_dict().items()
     }
     meta = {

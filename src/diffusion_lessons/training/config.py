@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from diffusion_lessons.checks import check_choice, check_labels, check_positive_int
+from diffusion_lessons.checks import check_choice, check_image_labels, check_positive_int
 from diffusion_lessons.data import datasets
 from diffusion_lessons.denoisers import denoiser
 from diffusion_lessons.guidance.guided import Labelled
@@ -335,10 +335,4 @@ def training_labels(
         return None
     if labels is None:
         labels = datasets.load_labels(cfg.dataset, root=root, limit=cfg.max_examples)
-    labels = check_labels(labels, cfg.num_classes, allow_null=False, name="labels")
-    if labels.shape != (n_images,):
-        raise ValueError(
-            f"labels must have shape ({n_images},), one per training image, got "
-            f"{tuple(labels.shape)}"
-        )
-    return labels.to(device)
+    return check_image_labels(labels, cfg.num_classes, n_images).to(device)

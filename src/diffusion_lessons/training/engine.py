@@ -24,8 +24,8 @@ The parts live in four modules, each read in one sitting:
   ``build_state``, ``train_step``, what ``benchmarks/bench_train.py`` times) and the state's
   checkpoint (``save_state``, ``restore_state``);
 - :mod:`~diffusion_lessons.training.distributed`: the device, the processes, out of memory;
-- this module: the batches (:func:`mix_seed`, :func:`batch_indices`, :func:`step_batch`, t
-  drawn on (0, 1] so that λ stays finite) and the loop (:func:`train`, :func:`run_steps`,
+- this module: the batches (:func:`mix_seed`, :func:`batch_indices`, :func:`batch_draws`,
+  :func:`step_batch`, t drawn on (0, 1] so that λ stays finite) and the loop (:func:`train`, :func:`run_steps`,
   :func:`oom_error`).
 """
 
@@ -97,6 +97,25 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> Tensor:
     return out
 
 
+def batch_draws(
+    images: Tensor, step: int, batch_size: int, seed: int, stream: int = 1
+) -> tuple[Tensor, Tensor, Tensor, torch.Generator]:
+    """The draws of the global batch of ``step``: ``(indices, t, eps, generator)`` on the
+    device of ``images``.
+
+    The indices come from :func:`batch_indices`. t ~ U(0, 1] is drawn as 1 − U[0, 1), so that
+    λ(t) is finite, and then ε ~ N(0, I) shaped like the images. Both come from a generator
+    seeded by ``(seed, step, stream)``, which is returned so that a caller can draw more from
+    the same stream. The trainer uses stream 1 and the classifier stream 3.
+    """
+    device = images.device
+    idx = batch_indices(step, batch_size, images.shape[0], seed).to(device)
+    g = torch.Generator(device=device).manual_seed(mix_seed(seed, step, stream))
+    t = 1.0 - torch.rand(batch_size, generator=g, device=device)
+    eps = torch.randn((batch_size, *images.shape[1:]), generator=g, device=device)
+    return idx, t, eps, g
+
+
 def step_batch(
     images: Tensor,
     step: int,
@@ -108,24 +127,21 @@ def step_batch(
     """``(x0, t, eps)`` of this rank's share of the global batch of ``step``; with ``labels``
     (a class-conditional run), ``(x0, t, eps, y)``.
 
-    The global batch (indices; t ~ U(0, 1] as 1 − U[0, 1), so that λ(t) is finite; ε ~ N(0, I);
-    each label replaced by the null label ``cfg.num_classes`` with probability
-    ``cfg.label_dropout``, :func:`~diffusion_lessons.guidance.guided.drop_labels`) is drawn
-    identically on every rank from generators seeded by ``(seed, step)``; rank r keeps rows
+    The global batch is drawn identically on every rank from generators seeded by
+    ``(seed, step)``: the indices, t and ε of :func:`batch_draws`, and then each label replaced by
+    the null label ``cfg.num_classes`` with probability ``cfg.label_dropout``
+    (:func:`~diffusion_lessons.guidance.guided.drop_labels`). Rank r keeps rows
     r·B/W … (r + 1)·B/W − 1, so W processes compute exactly the gradient of one process on the
     whole batch.
     """
     b = cfg.batch_size // world
     rows = slice(rank * b, (rank + 1) * b)
-    idx = batch_indices(step, cfg.batch_size, images.shape[0], cfg.seed).to(images.device)
+    idx, t, eps, g = batch_draws(images, step, cfg.batch_size, cfg.seed)
     x0 = images[idx[rows]]
-    g = torch.Generator(device=images.device).manual_seed(mix_seed(cfg.seed, step, 1))
-    t = 1.0 - torch.rand(cfg.batch_size, generator=g, device=images.device)[rows]
-    eps = torch.randn((cfg.batch_size, *images.shape[1:]), generator=g, device=images.device)
     if labels is None:
-        return x0, t, eps[rows]
+        return x0, t[rows], eps[rows]
     y = drop_labels(labels[idx], cfg.label_dropout, cfg.num_classes, generator=g)
-    return x0, t, eps[rows], y[rows]
+    return x0, t[rows], eps[rows], y[rows]
 
 
 # ---------------------------------------------------------------------------------------------
